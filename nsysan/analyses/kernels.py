@@ -1,0 +1,39 @@
+"""Kernel summary: time per CUDA kernel name, as ``nsys stats -r cuda_gpu_kern_sum`` defines it."""
+from __future__ import annotations
+
+from typing import Literal
+
+import polars as pl
+
+from nsysan.load import Report
+from nsysan.stats import describe_ms
+
+KernelNames = Literal["demangled", "short", "mangled"]
+_NAME_COLUMN = {"demangled": "name", "short": "short_name", "mangled": "mangled_name"}
+
+
+def kernel_durations(report: Report, *, names: KernelNames = "demangled") -> pl.DataFrame:
+    """One row per kernel execution: ``name`` (as chosen by ``names``), ``start_ns``, ``duration_ns``,
+    ``device_id``, ``stream_id``."""
+    report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="the kernel summary")
+    column = _NAME_COLUMN[names]
+    return report.sql(
+        f"SELECT {column} AS name, start_ns, duration_ns, device_id, stream_id FROM kernels").pl()
+
+
+def kernel_summary(durations: pl.DataFrame, *, by: tuple[str, ...] = ("report",)) -> pl.DataFrame:
+    """Per kernel name within each ``by`` group: ``instances``, ``total_ns``, ``time_pct`` (share of the
+    group's kernel time, summed durations as nsys does) and ``gpu_ms_{mean,p50,p95,p99,min,max,std}``.
+    Sorted by total time, largest first."""
+    keys = [*by, "name"]
+    out = durations.group_by(keys).agg(
+        pl.len().cast(pl.Int64).alias("instances"),
+        pl.col("duration_ns").sum().alias("total_ns"),
+        *describe_ms(pl.col("duration_ns"), "gpu_ms"),
+    )
+    share = pl.col("total_ns") / pl.col("total_ns").sum()
+    out = out.with_columns((100 * (share.over(list(by)) if by else share)).alias("time_pct"))
+    order = [*by, "total_ns", "instances", "name"]
+    return out.select(*keys, "instances", "total_ns", "time_pct",
+                      *[c for c in out.columns if c.startswith("gpu_ms_")]).sort(
+        order, descending=[False] * len(by) + [True, False, False])

@@ -1,0 +1,148 @@
+"""Per-stage latency from NVTX ranges: CPU time of each range and the GPU work it launched.
+
+Definitions follow ``nsys stats -r nvtx_gpu_proj_sum`` (see docs/metrics.md):
+
+* a GPU op (kernel, memcpy, memset) belongs to a range when the CUDA API call that launched it lies inside
+  the range on the same thread; it counts for every enclosing range;
+* projected time of an instance = end of its last op - start of its first op; GPU ops = distinct
+  correlation ids;
+* ranges that end on another thread than they started get CPU time only.
+
+Beyond nsys: ``gpu_busy_ns`` (union of the instance's op intervals), ``level`` and ``parent``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+
+from nsysan import intervals
+from nsysan.load import Report
+from nsysan.sql import query
+from nsysan.stats import describe_ms
+
+TRACE_COLUMNS = ("range", "style", "level", "parent", "start_ns", "range_ns", "gpu_proj_start_ns", "gpu_proj_ns",
+                 "gpu_busy_ns", "gpu_ops", "pid", "tid", "range_id", "parent_id")
+_NUMBERED = re.compile(r"([_\-.:]?)\d+$")
+
+
+def range_trace(report: Report) -> pl.DataFrame:
+    """One row per NVTX range instance with its GPU projection.
+
+    Columns: ``range`` (name), ``style`` (PushPop/StartEnd), ``level`` (0 = outermost), ``parent`` (name of
+    the enclosing range), ``start_ns``, ``range_ns`` (CPU duration), ``gpu_proj_start_ns``, ``gpu_proj_ns``
+    (last op end - first op start; null without GPU ops), ``gpu_busy_ns`` (union of op intervals),
+    ``gpu_ops`` (distinct launches, 0 without), ``pid``, ``tid``, ``range_id``, ``parent_id``.
+    Times are integer nanoseconds on the capture's clock.
+    """
+    report.require("NVTX_EVENTS", purpose="stage latency")
+    ranges = report.sql(
+        "SELECT range_id, name, style, start_ns, end_ns, same_thread, global_tid, pid, tid "
+        "FROM nvtx_ranges ORDER BY range_id"
+    ).pl()
+    local = ranges.filter(pl.col("same_thread"))
+    nesting = intervals.nest(local["global_tid"].to_numpy(), local["start_ns"].to_numpy(),
+                             local["end_ns"].to_numpy())
+    ids = local["range_id"].to_numpy()
+    parent_ids = np.where(nesting.parent >= 0, ids[np.maximum(nesting.parent, 0)], -1)
+    nest_frame = local.select("range_id", "global_tid", "start_ns", "end_ns").with_columns(
+        crossing=pl.Series(nesting.crossing),
+        parent_id=pl.Series(parent_ids).replace(-1, None),
+        level=pl.Series(nesting.level),
+    )
+
+    projection = _project(report, nest_frame, ids, nesting) if _has_gpu_trace(report) else None
+
+    trace = ranges.join(nest_frame.select("range_id", "parent_id", "level"), on="range_id", how="left")
+    trace = trace.with_columns(pl.col("level").fill_null(0))
+    if projection is not None:
+        trace = trace.join(projection, on="range_id", how="left")
+    else:
+        trace = trace.with_columns(gpu_proj_start_ns=pl.lit(None, pl.Int64), gpu_proj_ns=pl.lit(None, pl.Int64),
+                                   gpu_busy_ns=pl.lit(None, pl.Int64), gpu_ops=pl.lit(None, pl.Int64))
+    names = ranges.select(parent_id="range_id", parent="name")
+    trace = trace.join(names, on="parent_id", how="left")
+    return trace.select(
+        pl.col("name").alias("range"), "style", "level", "parent", "start_ns",
+        (pl.col("end_ns") - pl.col("start_ns")).alias("range_ns"),
+        "gpu_proj_start_ns", "gpu_proj_ns", pl.col("gpu_busy_ns").fill_null(0),
+        pl.col("gpu_ops").fill_null(0).cast(pl.Int64), "pid", "tid", "range_id", "parent_id",
+    ).sort("start_ns", "range_id")
+
+
+def _has_gpu_trace(report: Report) -> bool:
+    return report.has("CUPTI_ACTIVITY_KIND_RUNTIME") and any(
+        report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"))
+
+
+def _project(report: Report, nest_frame: pl.DataFrame, ids: np.ndarray, nesting: intervals.Nesting) -> pl.DataFrame:
+    child, ancestor = intervals.ancestors(nesting.parent)
+    report.register("range_nest", nest_frame)
+    report.register("range_ancestors", pl.DataFrame({"range_id": ids[child], "ancestor_id": ids[ancestor]}))
+    return report.sql(query("range_projection")).pl()
+
+
+def exclude_instances(trace: pl.DataFrame, *, within: str | Sequence[str] | None = None,
+                      skip_first: int = 0) -> pl.DataFrame:
+    """Drop warm-up instances: those inside (or named like) a range matching a glob in ``within``, and the
+    first ``skip_first`` instances of every range name (by start time). Works per report when the trace
+    has a ``report`` column."""
+    out = trace
+    if within:
+        patterns = [within] if isinstance(within, str) else list(within)
+        matching = [n for n in trace["range"].unique().drop_nulls().to_list()
+                    if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        keys = ["report"] if "report" in trace.columns else []
+        ids = trace.select(*keys, "range_id", "parent_id", "range")
+        # Walk up the parent chain until no instance has a parent left: depth is small (nesting levels).
+        excluded = ids.with_columns(hit=pl.col("range").is_in(matching), up=pl.col("parent_id"))
+        lookup = ids.select(*keys, up="range_id", up_range="range", up_parent="parent_id")
+        while excluded["up"].is_not_null().any():
+            excluded = (excluded.join(lookup, on=[*keys, "up"], how="left")
+                        .with_columns(hit=pl.col("hit") | pl.col("up_range").is_in(matching).fill_null(False),
+                                      up=pl.col("up_parent"))
+                        .drop("up_range", "up_parent"))
+        keep = excluded.filter(~pl.col("hit")).select(*keys, "range_id")
+        out = out.join(keep, on=[*keys, "range_id"], how="semi")
+    if skip_first:
+        keys = ["report"] if "report" in out.columns else []
+        out = (out.sort("start_ns", "range_id")
+               .filter(pl.int_range(pl.len()).over([*keys, "range", "style"]) >= skip_first))
+    return out
+
+
+def merge_numbered_names(trace: pl.DataFrame) -> pl.DataFrame:
+    """Give numbered ranges one name (``batch_12`` -> ``batch_*``) so per-batch ranges summarise together."""
+    return trace.with_columns(pl.col("range").str.replace(_NUMBERED.pattern, "${1}*"),
+                              pl.col("parent").str.replace(_NUMBERED.pattern, "${1}*"))
+
+
+def latency_summary(trace: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.DataFrame:
+    """Statistics per range name (and style) within each group of ``by`` columns, pooled over instances.
+
+    Columns: the ``by`` keys, ``range``, ``style``, ``instances``, ``range_total_ns``, ``gpu_instances``
+    (instances that launched GPU work; nsys's "Range Instances"), ``gpu_proj_total_ns``, ``gpu_ops_total``,
+    ``gpu_busy_total_ns`` and ``range_ms_*`` / ``gpu_proj_ms_*`` / ``gpu_busy_ms_*`` statistics
+    (mean, p50, p95, p99, min, max, std). GPU statistics are over instances with GPU ops only.
+    """
+    keys = [*by, "range", "style"]
+    has_gpu = pl.col("gpu_ops") > 0
+    origin = pl.col("start_ns").min()
+    frame = trace.with_columns(_origin=origin.over(by) if by else origin)
+    summary = frame.group_by(keys).agg(
+        pl.len().alias("instances"),
+        pl.col("range_ns").sum().alias("range_total_ns"),
+        has_gpu.sum().cast(pl.Int64).alias("gpu_instances"),
+        pl.col("gpu_proj_ns").filter(has_gpu).sum().alias("gpu_proj_total_ns"),
+        pl.col("gpu_ops").sum().alias("gpu_ops_total"),
+        pl.col("gpu_busy_ns").filter(has_gpu).sum().alias("gpu_busy_total_ns"),
+        *describe_ms(pl.col("range_ns"), "range_ms"),
+        *describe_ms(pl.col("gpu_proj_ns").filter(has_gpu), "gpu_proj_ms"),
+        *describe_ms(pl.col("gpu_busy_ns").filter(has_gpu), "gpu_busy_ms"),
+        (pl.col("start_ns") - pl.col("_origin")).min().alias("_first_offset"),
+        pl.col("level").min().alias("_level"),
+    )
+    return summary.sort([*by, "_first_offset", "_level", "range"]).drop("_first_offset", "_level")

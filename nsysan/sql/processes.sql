@@ -1,0 +1,1 @@
+SELECT globalPid AS global_pid, pid, name FROM raw.PROCESSES

@@ -1,0 +1,40 @@
+"""Build the sample sweep shipped in the package from the H100 exports in ../shared/fixtures/h100.
+
+The exports are copied whole except for tables nsysan and the ``nsys stats`` reports we reconcile with
+never read (OS runtime trace, call chains, profiler overhead, ...), then vacuumed. The truth JSONs go to
+tests/fixtures/h100/. Run from the repository root:  python scripts/make_sample.py [SOURCE_DIR]
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+
+DROP = ("OSRT_API", "OSRT_CALLCHAINS", "PROFILER_OVERHEAD", "CUPTI_ACTIVITY_KIND_SYNCHRONIZATION",
+        "CUPTI_ACTIVITY_KIND_CUDA_EVENT", "DIAGNOSTIC_EVENT", "TARGET_INFO_SYSTEM_ENV", "ProcessStreams",
+        "ANALYSIS_FILE", "SCHED_EVENTS", "COMPOSITE_EVENTS", "SAMPLING_CALLCHAINS")
+
+
+def main() -> None:
+    source = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/fixtures/h100")
+    sample = Path("nsysan/sample")
+    truth = Path("tests/fixtures/h100")
+    truth.mkdir(parents=True, exist_ok=True)
+    for export in sorted(source.glob("*.sqlite")):
+        target = sample / export.name
+        tmp = target.with_suffix(".tmp")
+        shutil.copyfile(export, tmp)
+        con = sqlite3.connect(tmp)
+        for table in DROP:
+            con.execute(f'DROP TABLE IF EXISTS "{table}"')
+        con.commit()
+        con.execute("VACUUM")
+        con.close()
+        tmp.replace(target)
+        shutil.copyfile(export.with_suffix(".truth.json"), truth / export.with_suffix(".truth.json").name)
+        print(f"{target}: {target.stat().st_size / 1e6:.2f} MB (from {export.stat().st_size / 1e6:.2f} MB)")
+
+
+if __name__ == "__main__":
+    main()
