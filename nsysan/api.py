@@ -12,6 +12,7 @@ import polars as pl
 from nsysan.analyses.kernels import KernelNames, kernel_durations, kernel_summary
 from nsysan.analyses.latency import exclude_instances, latency_summary, merge_numbered_names, range_trace
 from nsysan.collection import Collection
+from nsysan.errors import NsysanError
 
 Progress = Callable[[Path], None] | None
 
@@ -33,7 +34,7 @@ def latency(runs: Collection, *, by: Sequence[str] = ("report",), exclude_within
                           merge_numbered=merge_numbered, progress=progress)
     if trace.is_empty():
         return trace
-    _check_keys(trace, by)
+    _check_keys(runs, by)
     return latency_summary(trace, by=tuple(by))
 
 
@@ -43,14 +44,11 @@ def kernels(runs: Collection, *, by: Sequence[str] = ("report",), names: KernelN
     durations = runs.concat(lambda report: kernel_durations(report, names=names), progress)
     if durations.is_empty():
         return durations
-    _check_keys(durations, by)
+    _check_keys(runs, by)
     return kernel_summary(durations, by=tuple(by))
 
 
-def _check_keys(frame: pl.DataFrame, keys: Sequence[str]) -> None:
-    from nsysan.errors import NsysanError
-
-    missing = [k for k in keys if k not in frame.columns]
+def _check_keys(runs: Collection, keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in runs.tag_keys]
     if missing:
-        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; metadata keys here: "
-                          f"{', '.join(c for c in frame.columns if c not in ('range', 'name'))}")
+        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(runs.tag_keys)}")

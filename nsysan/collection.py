@@ -55,6 +55,8 @@ class Collection:
 
     paths: list[Path]
     failures: list[Failure] = field(default_factory=list)
+    #: Columns :meth:`concat` tags rows with: ``report`` and every metadata key seen.
+    tag_keys: list[str] = field(default_factory=lambda: ["report"])
 
     def metadata(self, path: Path) -> dict[str, Any]:
         return read_metadata(path)
@@ -82,6 +84,7 @@ class Collection:
         frames = []
         for path, meta, frame in self.map(analysis, progress):
             tags = {"report": Report.display_name(path), **meta}
+            self.tag_keys.extend(k for k in tags if k not in self.tag_keys)
             frames.append(frame.with_columns(
                 [pl.lit(value, dtype=_literal_type(value)).alias(key) for key, value in tags.items()]))
         if not frames:

@@ -47,8 +47,9 @@ def _sqlite_extension() -> Path:
     return target
 
 
-def _check_sqlite_export(path: Path) -> set[str]:
-    """Fail with one clear line unless ``path`` is a readable SQLite file; return its table names."""
+def _check_sqlite_export(path: Path) -> dict[str, set[str]]:
+    """Fail with one clear line unless ``path`` is a readable SQLite file; return the columns of the
+    tables nsysan reads, by table name."""
     try:
         with path.open("rb") as f:
             head = f.read(16)
@@ -63,11 +64,13 @@ def _check_sqlite_export(path: Path) -> set[str]:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {table: {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
+                       for table in tables & set(schema.RAW_TABLES)}
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
         raise NotAnExportError(f"{path}: damaged SQLite file ({e}); export it again") from None
-    return tables
+    return columns
 
 
 def _check_not_truncated(path: Path) -> None:
@@ -129,11 +132,7 @@ class Report:
         tables = _check_sqlite_export(self.path)
         self._con.execute(f"LOAD '{_sql_string(str(_sqlite_extension()))}'")
         self._con.execute(f"ATTACH '{_sql_string(str(self.path))}' AS nsys (TYPE sqlite, READ_ONLY)")
-        out = {}
-        for table in tables & set(schema.RAW_TABLES):
-            columns = {row[0] for row in self._con.execute(f'DESCRIBE nsys."{table}"').fetchall()}
-            out[table] = (f'nsys."{table}"', columns | {"rowid"})
-        return out
+        return {table: (f'nsys."{table}"', columns | {"rowid"}) for table, columns in tables.items()}
 
     def _create_raw_views(self, sources: dict[str, tuple[str, set[str]]]) -> None:
         self._con.execute("CREATE SCHEMA raw")
