@@ -58,7 +58,7 @@ def _check_sqlite_export(path: Path) -> dict[str, set[str]]:
     if not head:
         raise NotAnExportError(f"{path}: empty file")
     if head != SQLITE_MAGIC:
-        raise NotAnExportError(f"{path}: not an SQLite file (export .nsys-rep reports with `nsysan export`)")
+        raise NotAnExportError(f"{path}: not an SQLite file (turn .nsys-rep reports into SQLite with `nsys export --type sqlite`)")
     _check_not_truncated(path)
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
@@ -139,7 +139,8 @@ class Report:
         for table, columns in schema.RAW_TABLES.items():
             if table in sources:
                 source, present = sources[table]
-                row = "rowid" if "rowid" in present and "file_row_number" not in present else "file_row_number"
+                # nsys numbers ranges by SQLite rowid (from 1); parquet row numbers count from 0.
+                row = "rowid" if "file_row_number" not in present else "file_row_number + 1"
                 select = [f"{row} AS _row"] + [
                     f'CAST("{c}" AS {t}) AS "{c}"' if c in present else f'CAST(NULL AS {t}) AS "{c}"'
                     for c, t in columns.items()
