@@ -190,6 +190,11 @@ def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, out
         _finish(runs, analysed=not result.is_empty())
 
 
+from nsysan.cli_gpu import app as gpu_app  # noqa: E402 - cli_gpu imports the helpers above
+
+app.add_typer(gpu_app)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,173 @@
+"""Throughput from the per-batch NVTX ranges of a run: samples/s and batch latency, measured batches only.
+
+Definitions (docs/metrics.md, "Throughput"):
+
+* **measured batches**: NVTX range instances whose name matches ``pattern`` (glob, default ``batch_*``),
+  that are not nested in another matching instance (outer ranges), and that are neither named like nor
+  nested inside a range matching ``exclude_within`` (default ``warmup_*``);
+* **window** of a run: first measured batch's start to the last one's end (CPU clock, gaps between batches
+  included);
+* **batch size** from run metadata: sidecar key ``batch_size``, else sidecar key ``batch``, else a
+  ``bs<N>``/``batch<N>`` token in the report name; never guessed (null, and said so in ``note``).
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import polars as pl
+
+from nsysan.analyses.latency import exclude_instances, range_trace
+from nsysan.collection import Collection
+from nsysan.errors import MissingDataError
+from nsysan.load import Report
+from nsysan.stats import describe_ms
+
+BATCH_PATTERN = "batch_*"
+WARMUP_PATTERN = "warmup_*"
+#: Metadata keys holding the batch size, in order of preference.
+BATCH_SIZE_KEYS = ("batch_size", "batch")
+_NAME_BATCH = re.compile(r"(?:^|[_\-.])(?:bs|batch)(\d+)(?=$|[_\-.])", re.IGNORECASE)
+NS_PER_S = 1e9
+
+
+def outer_matching(trace: pl.DataFrame, *, pattern: str = BATCH_PATTERN,
+                   exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> pl.DataFrame:
+    """Instances of ``trace`` (from :func:`nsysan.range_trace`) named like ``pattern`` and not nested in
+    another instance named like it, minus those named like or nested in ``exclude_within``."""
+    names = [n for n in trace["range"].unique().drop_nulls().to_list() if fnmatch.fnmatchcase(n, pattern)]
+    keys = ["report"] if "report" in trace.columns else []
+    kept = exclude_instances(trace, within=exclude_within) if exclude_within else trace
+    # Drop matches nested inside another match: walk up the parent chain (depth = nesting levels).
+    walk = trace.select(*keys, "range_id", up="parent_id").with_columns(nested=pl.lit(False))
+    lookup = trace.select(*keys, up="range_id", _up_range="range", _up_parent="parent_id")
+    while walk["up"].is_not_null().any():
+        walk = (walk.join(lookup, on=[*keys, "up"], how="left")
+                .with_columns(nested=pl.col("nested") | pl.col("_up_range").is_in(names).fill_null(False),
+                              up=pl.col("_up_parent"))
+                .drop("_up_range", "_up_parent"))
+    outer = walk.filter(~pl.col("nested")).select(*keys, "range_id")
+    return (kept.filter(pl.col("range").is_in(names))
+            .join(outer, on=[*keys, "range_id"], how="semi")
+            .sort(*keys, "start_ns", "range_id"))
+
+
+def batch_trace(report: Report, *, pattern: str = BATCH_PATTERN,
+                exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> pl.DataFrame:
+    """One row per measured batch of ``report``: ``range``, ``start_ns``, ``end_ns``, ``batch_ns`` (CPU
+    duration of the range), ``gpu_end_ns`` (end of the last GPU op it launched; null without),
+    ``range_id``. Raises :class:`MissingDataError` when no range matches."""
+    trace = range_trace(report)
+    batches = outer_matching(trace, pattern=pattern, exclude_within=exclude_within)
+    if batches.is_empty():
+        raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {pattern!r}"
+                               + (f" outside {exclude_within!r}" if exclude_within else ""))
+    return batches.select(
+        "range", "start_ns", (pl.col("start_ns") + pl.col("range_ns")).alias("end_ns"),
+        pl.col("range_ns").alias("batch_ns"),
+        (pl.col("gpu_proj_start_ns") + pl.col("gpu_proj_ns")).alias("gpu_end_ns"), "range_id")
+
+
+def batch_size_of(meta: dict[str, object], report: str | None = None) -> tuple[int | None, str | None]:
+    """The batch size of a run and where it came from (``sidecar:<key>`` or ``name``); (None, None) when
+    neither the metadata nor the report name states it."""
+    for key in BATCH_SIZE_KEYS:
+        value = meta.get(key)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) or (isinstance(value, float) and value.is_integer()):
+            if value > 0:
+                return int(value), f"sidecar:{key}"
+        if isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return int(value), f"sidecar:{key}"
+    if report:
+        found = _NAME_BATCH.search(report)
+        if found and int(found[1]) > 0:
+            return int(found[1]), "name"
+    return None, None
+
+
+def _with_batch_size(batches: pl.DataFrame, batch_size: int | None) -> pl.DataFrame:
+    """Add ``batch_size`` / ``batch_size_source`` to every row: ``batch_size`` if given, else each run's
+    metadata columns (``batch_size``, ``batch``) or report name (see :func:`batch_size_of`)."""
+    if batch_size is not None:
+        return batches.with_columns(batch_size=pl.lit(batch_size, pl.Int64), batch_size_source=pl.lit("argument"))
+    meta_cols = [k for k in BATCH_SIZE_KEYS if k in batches.columns]
+    frame = batches.drop("batch_size", "batch_size_source", strict=False)
+    if "report" not in batches.columns:
+        meta = batches.select(meta_cols).row(0, named=True) if meta_cols and batches.height else {}
+        size, source = batch_size_of(meta)
+        return frame.with_columns(batch_size=pl.lit(size, pl.Int64), batch_size_source=pl.lit(source, pl.String))
+    runs = batches.select("report", *meta_cols).unique(subset="report", keep="first", maintain_order=True)
+    found = [batch_size_of(row, row["report"]) for row in runs.iter_rows(named=True)]
+    sizes = runs.select("report").with_columns(
+        batch_size=pl.Series([f[0] for f in found], dtype=pl.Int64),
+        batch_size_source=pl.Series([f[1] for f in found], dtype=pl.String))
+    return frame.join(sizes, on="report", how="left")
+
+
+def throughput_summary(batches: pl.DataFrame, *, by: Sequence[str] = ("report",),
+                       batch_size: int | None = None) -> pl.DataFrame:
+    """Samples/s and batch latency per ``by`` group, from :func:`batch_trace` rows (tagged with ``report``
+    and metadata over a collection; without a ``report`` column all rows are one run).
+
+    Columns: the ``by`` keys, ``runs``, ``batches``, ``batch_size`` (null when unknown or mixed within the
+    group), ``batch_size_source``, ``samples`` (batch size x batches, summed over runs; null when any run's
+    batch size is unknown), ``window_ns`` (sum over runs of last batch end - first batch start),
+    ``batches_per_s``, ``samples_per_s`` (samples / window), ``batch_ms_{mean,p50,p95,p99,min,max,std}``
+    (CPU duration of the batch ranges, pooled over runs) and ``note`` (why a value is missing)."""
+    frame = _with_batch_size(batches, batch_size)
+    group = list(by) or ["_all"]
+    if not by:
+        frame = frame.with_columns(_all=pl.lit(0))
+    run_keys = ["report"] if "report" in frame.columns else []
+    # One window per run: runs are on different clocks, so windows are summed, never spanned across runs.
+    spans = frame.group_by(list(dict.fromkeys([*group, *run_keys]))).agg(
+        (pl.col("end_ns").max() - pl.col("start_ns").min()).alias("window_ns"),
+        pl.col("batch_size").first().alias("_size"),
+        pl.col("batch_size_source").first().alias("_source"),
+        pl.len().alias("_batches"),
+    )
+    per_group = spans.group_by(group).agg(
+        pl.len().cast(pl.Int64).alias("runs"),
+        pl.col("window_ns").sum().cast(pl.Int64),
+        (pl.col("_size") * pl.col("_batches")).sum().cast(pl.Int64).alias("_samples"),
+        pl.col("_size").null_count().alias("_unknown"),
+        pl.col("_size").drop_nulls().unique().alias("_sizes"),
+        pl.col("_source").drop_nulls().unique().sort().str.join(",").alias("batch_size_source"),
+    )
+    stats = frame.group_by(group).agg(pl.len().cast(pl.Int64).alias("batches"),
+                                      *describe_ms(pl.col("batch_ns"), "batch_ms"))
+    out = per_group.join(stats, on=group, how="left", nulls_equal=True)
+    known = pl.col("_unknown") == 0
+    seconds = pl.col("window_ns") / NS_PER_S
+    out = out.with_columns(
+        batch_size=pl.when(pl.col("_sizes").list.len() == 1).then(pl.col("_sizes").list.first()),
+        samples=pl.when(known).then(pl.col("_samples")),
+        batches_per_s=pl.when(pl.col("window_ns") > 0).then(pl.col("batches") / seconds),
+        samples_per_s=pl.when(known & (pl.col("window_ns") > 0)).then(pl.col("_samples") / seconds),
+        note=pl.when(~known).then(pl.format(
+            "batch size unknown for {} of {} run(s): add \"batch_size\" to <report>.meta.json",
+            pl.col("_unknown"), pl.col("runs"))),
+        batch_size_source=pl.when(pl.col("batch_size_source") != "").then(pl.col("batch_size_source")),
+    )
+    return out.select(*by, "runs", "batches", "batch_size", "batch_size_source", "samples", "window_ns",
+                      "batches_per_s", "samples_per_s", *[c for c in out.columns if c.startswith("batch_ms_")],
+                      "note").sort(group if by else [])
+
+
+def throughput(runs: Collection, *, by: Sequence[str] = ("report",), pattern: str = BATCH_PATTERN,
+               exclude_within: str | Sequence[str] | None = WARMUP_PATTERN, batch_size: int | None = None,
+               progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
+    """Throughput of every report of ``runs`` grouped by ``by``; batch sizes from each run's metadata
+    (sidecar ``<report>.meta.json``) unless ``batch_size`` is given."""
+    from nsysan.analyses.bandwidth import check_keys
+
+    batches = runs.concat(lambda report: batch_trace(report, pattern=pattern, exclude_within=exclude_within),
+                          progress)
+    if batches.is_empty():
+        return batches
+    check_keys(runs, by)
+    return throughput_summary(batches, by=by, batch_size=batch_size)

@@ -1,0 +1,324 @@
+"""GPU utilization over a window: busy time as a union of op intervals, idle gaps, and the top kernels.
+
+Definitions (docs/metrics.md, "GPU utilization"):
+
+* **window**: ``capture`` (first to last traced event: NVTX range, CUDA API call or GPU op), ``batches``
+  (first measured batch's start to the end of the last one, or of the GPU work it launched if later), or a
+  range-name glob such as ``forward``: the union of its instances (outside ``exclude_within``), each from its
+  start to the end of the range or of the GPU work it launched, whichever is later;
+* **busy** times are lengths of unions of op intervals clipped to the window: overlapping ops count once,
+  so busy ≤ window always (nsys's summed "Total Time" can exceed wall time);
+* ``utilization_pct`` = kernel busy / window; idle = window - busy (kernels, copies or memsets);
+* **idle gaps**: the stretches between consecutive busy intervals inside one window interval (time before
+  the first op and after the last op of a window interval is idle but not a gap).
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nsysan.analyses.kernels import KernelNames
+from nsysan.analyses.latency import exclude_instances, range_trace
+from nsysan.analyses.throughput import BATCH_PATTERN, WARMUP_PATTERN, outer_matching
+from nsysan.collection import Collection
+from nsysan.errors import MissingDataError
+from nsysan.load import Report
+
+#: Idle gaps shorter than this are the classic launch-bound signature (back-to-back launches from C++/CUDA
+#: graphs leave gaps of a few µs).
+SHORT_GAP_NS = 10_000
+#: Gaps shorter than this are "launch gaps": the GPU waits for the CPU to issue the next op. Eager frameworks
+#: spend 10-100 µs of CPU time per op, so their launch gaps exceed SHORT_GAP_NS; stalls on other CPU work
+#: (data loading, preprocessing, synchronisation) leave gaps of milliseconds.
+LAUNCH_GAP_NS = 100_000
+#: A window is launch-bound when the GPU is idle at least this share of it and at least
+#: LAUNCH_BOUND_GAP_PCT of that idle time lies in launch gaps.
+LAUNCH_BOUND_IDLE_PCT = 50.0
+LAUNCH_BOUND_GAP_PCT = 50.0
+_NAME_COLUMN = {"demangled": "name", "short": "short_name", "mangled": "mangled_name"}
+_SUM_COLUMNS = ("window_ns", "kernel_busy_ns", "copy_busy_ns", "overlap_ns", "busy_ns", "idle_ns", "kernel_sum_ns",
+                "kernels", "copies")
+
+
+# -- interval sets: (starts, ends) int64 arrays, sorted, disjoint -------------------------------------------------
+def _merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Union of half-open intervals as sorted disjoint intervals (touching intervals are joined)."""
+    s = np.asarray(starts, dtype=np.int64)
+    e = np.asarray(ends, dtype=np.int64)
+    keep = e > s
+    s, e = s[keep], e[keep]
+    if s.size == 0:
+        return s, e
+    order = np.lexsort((e, s))
+    s, e = s[order], e[order]
+    reach = np.maximum.accumulate(e)
+    first = np.empty(s.size, dtype=bool)
+    first[0] = True
+    first[1:] = s[1:] > reach[:-1]
+    heads = np.flatnonzero(first)
+    return s[heads], np.maximum.reduceat(e, heads)
+
+
+def _covers(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Whether each point lies in one of the sorted disjoint intervals."""
+    if starts.size == 0:
+        return np.zeros(points.size, dtype=bool)
+    i = np.searchsorted(starts, points, side="right") - 1
+    return (i >= 0) & (ends[np.maximum(i, 0)] > points)
+
+
+def _intersect(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection of two sorted disjoint interval sets."""
+    if a[0].size == 0 or b[0].size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    points = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
+    left, right = points[:-1], points[1:]
+    inside = _covers(*a, left) & _covers(*b, left)
+    return _merge(left[inside], right[inside])
+
+
+def _length(intervals: tuple[np.ndarray, np.ndarray]) -> int:
+    return int((intervals[1] - intervals[0]).sum())
+
+
+def _clipped_lengths(starts: np.ndarray, ends: np.ndarray, window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Length of each interval [start, end) inside the window (sorted disjoint), vectorised."""
+    ws, we = window
+    if ws.size == 0:
+        return np.zeros(len(starts), dtype=np.int64)
+    before = np.concatenate(([0], np.cumsum(we - ws)))  # window length before interval i
+
+    def covered_until(t: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(ws, t, side="right") - 1
+        j = np.maximum(i, 0)
+        inside = np.clip(t - ws[j], 0, we[j] - ws[j])
+        return np.where(i >= 0, before[j] + inside, 0)
+
+    s = np.asarray(starts, dtype=np.int64)
+    e = np.asarray(ends, dtype=np.int64)
+    return np.maximum(0, covered_until(e) - covered_until(s))
+
+
+# -- windows -----------------------------------------------------------------------------------------------------
+def window_intervals(report: Report, *, window: str = "capture", batch_pattern: str = BATCH_PATTERN,
+                     exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> tuple[np.ndarray, np.ndarray, int]:
+    """The window as sorted disjoint intervals (starts, ends) and the number of instances that made it."""
+    if window == "capture":
+        lo, hi = report.sql(
+            "SELECT min(lo), max(hi) FROM ("
+            " SELECT min(start_ns) AS lo, max(end_ns) AS hi FROM nvtx_ranges UNION ALL"
+            " SELECT min(start_ns), max(end_ns) FROM runtime UNION ALL"
+            " SELECT min(start_ns), max(end_ns) FROM gpu_ops)").fetchone()
+        if lo is None:
+            raise MissingDataError(f"{report.path}: no NVTX ranges, CUDA calls or GPU ops: the capture is empty")
+        return np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64), 1
+    report.require("NVTX_EVENTS", purpose=f"the {window!r} window")
+    trace = range_trace(report)
+    in_flight = pl.max_horizontal(pl.col("start_ns") + pl.col("range_ns"),
+                                  (pl.col("gpu_proj_start_ns") + pl.col("gpu_proj_ns")).fill_null(0))
+    if window == "batches":
+        chosen = outer_matching(trace, pattern=batch_pattern, exclude_within=exclude_within)
+        if chosen.is_empty():
+            raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {batch_pattern!r}"
+                                   + (f" outside {exclude_within!r}" if exclude_within else ""))
+        lo, hi = chosen.select(pl.col("start_ns").min(), in_flight.max().alias("end_ns")).row(0)
+        return np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64), chosen.height
+    kept = exclude_instances(trace, within=exclude_within) if exclude_within else trace
+    names = [n for n in kept["range"].unique().drop_nulls().to_list() if fnmatch.fnmatchcase(n, window)]
+    chosen = kept.filter(pl.col("range").is_in(names))
+    if chosen.is_empty():
+        raise MissingDataError(f"{report.path}: no instances of NVTX range {window!r}"
+                               + (f" outside {exclude_within!r}" if exclude_within else ""))
+    bounds = chosen.select("start_ns", in_flight.alias("end_ns"))
+    s, e = _merge(bounds["start_ns"].to_numpy(), bounds["end_ns"].to_numpy())
+    return s, e, chosen.height
+
+
+# -- per report ----------------------------------------------------------------------------------------------------
+def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool = False,
+                    batch_pattern: str = BATCH_PATTERN, exclude_within: str | Sequence[str] | None = WARMUP_PATTERN,
+                    names: KernelNames = "short") -> pl.DataFrame:
+    """Per GPU (and stream with ``by_stream``) of ``report``: the window and the busy/idle parts of it.
+
+    One row per ``device_id`` (GPUs of the capture without ops included) [and ``stream_id``]: ``window``
+    (its name), ``window_instances``, ``window_ns``, ``kernel_busy_ns`` (union of kernel intervals inside the
+    window), ``copy_busy_ns`` (union of memcpy and memset intervals), ``overlap_ns`` (time both ran),
+    ``busy_ns`` (union of all ops), ``idle_ns`` (window - busy), ``kernel_sum_ns`` (summed kernel durations
+    inside the window; nsys's way, can exceed the window), ``kernels``, ``copies`` (ops overlapping the
+    window), ``gaps_ns`` (list of idle gaps) and ``kernel_times`` (list of {name, instances, time_ns}).
+    Summarise with :func:`utilization_summary` / :func:`top_kernels`."""
+    has_ops = any(report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
+                                          "CUPTI_ACTIVITY_KIND_MEMSET"))
+    if not has_ops:
+        report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="GPU utilization")
+    ws, we, instances = window_intervals(report, window=window, batch_pattern=batch_pattern,
+                                         exclude_within=exclude_within)
+    win = (ws, we)
+    window_ns = _length(win)
+    ops = report.sql("SELECT kind, start_ns, end_ns, device_id, stream_id FROM gpu_ops").pl()
+    kernels = report.sql(
+        f"SELECT {_NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels").pl()
+    keys = ["device_id", "stream_id"] if by_stream else ["device_id"]
+    units = ops.select(keys).unique()
+    if not by_stream:
+        gpus = report.sql("SELECT device_id FROM gpus").pl().cast({"device_id": pl.Int64})
+        units = pl.concat([units.cast({"device_id": pl.Int64}), gpus]).unique()
+    rows = []
+    for unit in units.sort(keys).iter_rows(named=True):
+        match = pl.all_horizontal(*[pl.col(k) == v for k, v in unit.items()])
+        unit_ops = ops.filter(match)
+        is_kernel = (unit_ops["kind"] == "kernel").to_numpy()
+        starts, ends = unit_ops["start_ns"].to_numpy(), unit_ops["end_ns"].to_numpy()
+        inside = _clipped_lengths(starts, ends, win)
+        touching = _overlaps(starts, ends, win)
+        k = _intersect(_merge(starts[is_kernel], ends[is_kernel]), win)
+        c = _intersect(_merge(starts[~is_kernel], ends[~is_kernel]), win)
+        busy = _intersect(_merge(starts, ends), win)
+        kernel_busy, copy_busy, busy_ns = _length(k), _length(c), _length(busy)
+        unit_kernels = kernels.filter(match)
+        kernel_inside = _clipped_lengths(unit_kernels["start_ns"].to_numpy(), unit_kernels["end_ns"].to_numpy(), win)
+        times = (unit_kernels.with_columns(time_ns=pl.Series(kernel_inside, dtype=pl.Int64),
+                                           _in=pl.Series(_overlaps(unit_kernels["start_ns"].to_numpy(),
+                                                                   unit_kernels["end_ns"].to_numpy(), win)))
+                 .filter(pl.col("_in")).group_by("name")
+                 .agg(pl.len().cast(pl.Int64).alias("instances"), pl.col("time_ns").sum().cast(pl.Int64))
+                 .sort("time_ns", "name", descending=[True, False]))
+        rows.append({
+            **unit, "window": window, "window_instances": instances, "window_ns": window_ns,
+            "kernel_busy_ns": kernel_busy, "copy_busy_ns": copy_busy,
+            "overlap_ns": kernel_busy + copy_busy - busy_ns, "busy_ns": busy_ns, "idle_ns": window_ns - busy_ns,
+            "kernel_sum_ns": int(inside[is_kernel].sum()), "kernels": int(touching[is_kernel].sum()),
+            "copies": int(touching[~is_kernel].sum()), "gaps_ns": _gaps(busy, win).tolist(),
+            "kernel_times": times.to_dicts(),
+        })
+    schema = {**{k: pl.Int64 for k in keys}, "window": pl.String, "window_instances": pl.Int64,
+              **{c: pl.Int64 for c in _SUM_COLUMNS}, "gaps_ns": pl.List(pl.Int64),
+              "kernel_times": pl.List(pl.Struct({"name": pl.String, "instances": pl.Int64, "time_ns": pl.Int64}))}
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def _overlaps(starts: np.ndarray, ends: np.ndarray, window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Whether each interval shares time with the window (zero-length ops count when inside it)."""
+    ws, we = window
+    s = np.asarray(starts, dtype=np.int64)
+    e = np.asarray(ends, dtype=np.int64)
+    i = np.searchsorted(ws, np.maximum(e, s + 1), side="left") - 1  # last window starting before the op ends
+    j = np.maximum(i, 0)
+    return (i >= 0) & (we[j] > s)
+
+
+def _gaps(busy: tuple[np.ndarray, np.ndarray], window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Idle stretches between consecutive busy intervals that lie in the same window interval."""
+    bs, be = busy
+    if bs.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    which = np.searchsorted(window[0], bs, side="right") - 1
+    same = which[1:] == which[:-1]
+    return (bs[1:] - be[:-1])[same]
+
+
+# -- summaries -----------------------------------------------------------------------------------------------------
+def utilization_summary(parts: pl.DataFrame, *, by: Sequence[str] = ("report",),
+                        short_gap_ns: int = SHORT_GAP_NS, launch_gap_ns: int = LAUNCH_GAP_NS) -> pl.DataFrame:
+    """Utilization per (``by`` keys, device_id[, stream_id]) from :func:`gpu_utilization` rows (tagged with
+    ``report`` and metadata over a collection). Times and gaps are pooled over the group's reports.
+
+    Columns: the keys, ``window``, ``window_instances``, the ``_ns`` totals of :func:`gpu_utilization`,
+    ``utilization_pct`` (kernel busy / window), ``copy_busy_pct``, ``busy_pct``, ``idle_pct``, ``idle_gaps``,
+    ``gap_us_{p50,p95,max}``, ``short_gap_idle_pct`` (share of idle time in gaps shorter than
+    ``short_gap_ns``, default 10 µs), ``launch_gap_idle_pct`` (same for ``launch_gap_ns``, default 100 µs),
+    ``launch_bound`` (idle ≥ 50 % of the window and ≥ 50 % of the idle time in launch gaps),
+    ``top_kernel`` and ``top_kernel_pct`` (its summed time inside the window / kernel busy time)."""
+    unit = [k for k in ("device_id", "stream_id") if k in parts.columns]
+    group = [*by, *unit]
+    sums = parts.group_by(group).agg(
+        pl.col("window").first(), pl.col("window_instances").sum(),
+        *[pl.col(c).sum() for c in _SUM_COLUMNS],
+    )
+    gaps = (parts.select(*group, "gaps_ns").explode("gaps_ns").group_by(group).agg(
+        pl.col("gaps_ns").drop_nulls().len().cast(pl.Int64).alias("idle_gaps"),
+        (pl.col("gaps_ns").quantile(0.5, interpolation="linear") / 1e3).alias("gap_us_p50"),
+        (pl.col("gaps_ns").quantile(0.95, interpolation="linear") / 1e3).alias("gap_us_p95"),
+        (pl.col("gaps_ns").max() / 1e3).alias("gap_us_max"),
+        pl.col("gaps_ns").filter(pl.col("gaps_ns") < short_gap_ns).sum().cast(pl.Int64).alias("_short_ns"),
+        pl.col("gaps_ns").filter(pl.col("gaps_ns") < launch_gap_ns).sum().cast(pl.Int64).alias("_launch_ns"),
+    ))
+    top = _kernel_times(parts, group).filter(pl.col("_rank") == 0).select(
+        *group, top_kernel="name", _top_ns="time_ns")
+    out = (sums.join(gaps, on=group, how="left", nulls_equal=True)
+           .join(top, on=group, how="left", nulls_equal=True))
+    pct = _pct_of("window_ns")
+    pct_idle = _pct_of("idle_ns")
+    out = out.with_columns(
+        utilization_pct=pct("kernel_busy_ns"), copy_busy_pct=pct("copy_busy_ns"), busy_pct=pct("busy_ns"),
+        idle_pct=pct("idle_ns"),
+        short_gap_idle_pct=pct_idle("_short_ns"), launch_gap_idle_pct=pct_idle("_launch_ns"),
+        top_kernel_pct=pl.when(pl.col("kernel_busy_ns") > 0).then(100 * pl.col("_top_ns") / pl.col("kernel_busy_ns")),
+    )
+    out = out.with_columns(launch_bound=(pl.col("idle_pct").fill_null(0) >= LAUNCH_BOUND_IDLE_PCT)
+                           & (pl.col("launch_gap_idle_pct").fill_null(0) >= LAUNCH_BOUND_GAP_PCT))
+    return out.select(
+        *group, "window", "window_instances", "window_ns", "kernel_busy_ns", "copy_busy_ns", "overlap_ns", "busy_ns",
+        "idle_ns", "utilization_pct", "copy_busy_pct", "busy_pct", "idle_pct", "kernel_sum_ns", "kernels", "copies",
+        pl.col("idle_gaps").fill_null(0), "gap_us_p50", "gap_us_p95", "gap_us_max", "short_gap_idle_pct",
+        "launch_gap_idle_pct", "launch_bound", "top_kernel", "top_kernel_pct",
+    ).sort(group, nulls_last=True)
+
+
+def _pct_of(denominator: str) -> Callable[[str], pl.Expr]:
+    return lambda column: pl.when(pl.col(denominator) > 0).then(
+        100 * pl.col(column).fill_null(0) / pl.col(denominator))
+
+
+def _kernel_times(parts: pl.DataFrame, group: list[str]) -> pl.DataFrame:
+    """Per group and kernel name: instances and summed time inside the window, ranked (0 = most time)."""
+    exploded = parts.select(*group, "kernel_times").explode("kernel_times").drop_nulls("kernel_times").unnest(
+        "kernel_times")
+    if exploded.is_empty():
+        return pl.DataFrame(schema={**{k: parts.schema[k] for k in group}, "name": pl.String, "instances": pl.Int64,
+                                    "time_ns": pl.Int64, "_rank": pl.Int64})
+    totals = exploded.group_by([*group, "name"]).agg(pl.col("instances").sum(), pl.col("time_ns").sum())
+    totals = totals.sort([*group, "time_ns", "name"], descending=[False] * len(group) + [True, False], nulls_last=True)
+    rank = pl.int_range(pl.len())
+    return totals.with_columns(_rank=(rank.over(group) if group else rank).cast(pl.Int64))
+
+
+def top_kernels(parts: pl.DataFrame, *, by: Sequence[str] = ("report",), top: int = 10) -> pl.DataFrame:
+    """The ``top`` kernels by time inside the window per (``by`` keys, device_id[, stream_id]): ``name``,
+    ``instances``, ``time_ns`` (summed durations inside the window), ``busy_share_pct`` (time_ns / kernel busy
+    time of the group; shares add up to more than 100 % only where kernels ran concurrently)."""
+    unit = [k for k in ("device_id", "stream_id") if k in parts.columns]
+    group = [*by, *unit]
+    busy = parts.group_by(group).agg(pl.col("kernel_busy_ns").sum())
+    ranked = _kernel_times(parts, group)
+    if top:
+        ranked = ranked.filter(pl.col("_rank") < top)
+    out = ranked.join(busy, on=group, how="left", nulls_equal=True).with_columns(
+        busy_share_pct=pl.when(pl.col("kernel_busy_ns") > 0).then(100 * pl.col("time_ns") / pl.col("kernel_busy_ns")))
+    return out.select(*group, "name", "instances", "time_ns", "busy_share_pct").sort(
+        [*group, "time_ns", "name"], descending=[False] * len(group) + [True, False], nulls_last=True)
+
+
+def utilization(runs: Collection, *, by: Sequence[str] = ("report",), window: str = "capture",
+                by_stream: bool = False, batch_pattern: str = BATCH_PATTERN,
+                exclude_within: str | Sequence[str] | None = WARMUP_PATTERN, names: KernelNames = "short",
+                short_gap_ns: int = SHORT_GAP_NS, launch_gap_ns: int = LAUNCH_GAP_NS, kernels: int | None = None,
+                progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
+    """GPU utilization of every report of ``runs`` grouped by ``by``: the :func:`utilization_summary`, or
+    with ``kernels=N`` the :func:`top_kernels` (N per group; 0 for all)."""
+    from nsysan.analyses.bandwidth import check_keys
+
+    parts = runs.concat(lambda report: gpu_utilization(
+        report, window=window, by_stream=by_stream, batch_pattern=batch_pattern, exclude_within=exclude_within,
+        names=names), progress)
+    if parts.is_empty():
+        return parts
+    check_keys(runs, by)
+    if kernels is not None:
+        return top_kernels(parts, by=by, top=kernels)
+    return utilization_summary(parts, by=by, short_gap_ns=short_gap_ns, launch_gap_ns=launch_gap_ns)

@@ -1,0 +1,175 @@
+"""nsysan throughput: measured batches and samples/s on hand-built exports, and on the sample sweep against
+the workload's own truth files (tests/fixtures/h100/*.truth.json: batch size, batch counts, and the
+per-batch wall time the workload measured itself).
+"""
+from __future__ import annotations
+
+import io
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+import nsysan
+from builders import ExportBuilder
+from nsysan.analyses.throughput import batch_size_of, batch_trace, throughput, throughput_summary
+from nsysan.cli_gpu import app
+from nsysan.sample import sample_dir
+
+FIXTURES = Path(__file__).parent / "fixtures" / "h100"
+SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
+
+
+def batches_export(path: Path, durations: list[int], *, warmup: int = 1, gap: int = 10,
+                   sidecar: dict | None = None) -> Path:
+    """``warmup`` warm-up ranges then one batch_<i> range per duration, ``gap`` ns apart, each with a
+    nested "forward" range; returns the export path (and writes the sidecar when given)."""
+    b = ExportBuilder()
+    t = 0
+    for i, d in enumerate([100] * warmup + durations):
+        b.range(f"warmup_{i}" if i < warmup else f"batch_{i}", t, t + d)
+        b.range("forward", t + 1, t + d - 1)
+        t += d + gap
+    b.write(path)
+    if sidecar is not None:
+        path.with_name(path.name.removesuffix(".sqlite") + ".meta.json").write_text(json.dumps(sidecar))
+    return path
+
+
+def test_measured_batches_and_rates_by_hand(tmp_path):
+    path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 2000, 3000, 4000],
+                          sidecar={"batch_size": 8})
+    out = throughput(nsysan.collect([path]))
+    r = out.row(0, named=True)
+    # Warm-up dropped; 4 batches of 8 samples.
+    assert (r["runs"], r["batches"], r["batch_size"], r["samples"]) == (1, 4, 8, 32)
+    assert r["batch_size_source"] == "sidecar:batch_size"
+    # Window: first batch start to last batch end = 1000 + 2000 + 3000 + 4000 + 3 gaps of 10 = 10030 ns.
+    assert r["window_ns"] == 10_030
+    assert r["samples_per_s"] == pytest.approx(32 / 10_030e-9)
+    assert r["batches_per_s"] == pytest.approx(4 / 10_030e-9)
+    # Latency of 1, 2, 3, 4 µs: p50 2.5 µs, p95 3.85 µs (linear interpolation) -> in ms.
+    assert r["batch_ms_p50"] == pytest.approx(0.0025)
+    assert r["batch_ms_p95"] == pytest.approx(0.00385)
+    assert r["note"] is None
+
+
+def test_only_outer_batch_ranges_count(tmp_path):
+    b = ExportBuilder()
+    b.range("batch_0", 0, 100)
+    b.range("batch_0_sub", 10, 20)  # matches batch_* but is nested in a batch: not a batch of its own
+    b.range("batch_1", 200, 300)
+    with nsysan.open(b.write(tmp_path / "case.sqlite")) as report:
+        batches = batch_trace(report)
+    assert batches["range"].to_list() == ["batch_0", "batch_1"]
+
+
+def test_unknown_batch_size_is_said_not_guessed(tmp_path):
+    path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000])
+    r = throughput(nsysan.collect([path])).row(0, named=True)
+    assert r["batch_size"] is None and r["samples"] is None and r["samples_per_s"] is None
+    assert r["batches_per_s"] == pytest.approx(2 / 2010e-9)
+    assert "batch size unknown" in r["note"]
+    result = CliRunner().invoke(app, ["throughput", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "batch size unknown" in result.stderr
+
+
+def test_batch_size_sources(tmp_path):
+    assert batch_size_of({"batch": 16}) == (16, "sidecar:batch")
+    assert batch_size_of({"batch_size": 4, "batch": 16}) == (4, "sidecar:batch_size")
+    assert batch_size_of({}, "pipeline_gpu0_numa0_vit1x1x1_bs32") == (32, "name")
+    assert batch_size_of({}, "pipeline_gpu0_numa0_vit1x1x1_pageable") == (None, None)
+    assert batch_size_of({"batch_size": True}) == (None, None)
+    named = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1_bs4.sqlite", [1000])
+    r = throughput(nsysan.collect([named])).row(0, named=True)
+    assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "name", 4)
+    forced = throughput(nsysan.collect([named]), batch_size=3).row(0, named=True)
+    assert (forced["batch_size"], forced["batch_size_source"]) == (3, "argument")
+
+
+def test_grouping_pools_runs(tmp_path):
+    a = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000], sidecar={"batch": 2})
+    b = batches_export(tmp_path / "pipeline_gpu0_numa1_vit1x1x1.sqlite", [3000], sidecar={"batch": 4})
+    r = throughput(nsysan.collect([a, b]), by=["model"]).row(0, named=True)
+    # Windows add up (2010 + 3000 ns, separate clocks); samples 2*2 + 4 = 8; mixed batch sizes -> null.
+    assert (r["runs"], r["batches"], r["window_ns"], r["samples"], r["batch_size"]) == (2, 3, 5010, 8, None)
+    assert r["samples_per_s"] == pytest.approx(8 / 5010e-9)
+    assert r["batch_ms_p50"] == pytest.approx(0.001)  # pooled latencies 1, 1, 3 µs
+
+
+def test_one_report_without_collection_tags(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000, 3000])
+    with nsysan.open(path) as report:
+        batches = batch_trace(report)
+    r = throughput_summary(batches, by=(), batch_size=5).row(0, named=True)
+    assert (r["runs"], r["batches"], r["samples"], r["window_ns"]) == (1, 2, 10, 4010)
+    unknown = throughput_summary(batches, by=()).row(0, named=True)
+    assert unknown["samples_per_s"] is None and "batch size unknown" in unknown["note"]
+
+
+def test_custom_pattern_and_no_batches(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000, 2000])
+    with nsysan.open(path) as report:
+        steps = batch_trace(report, pattern="warmup_*", exclude_within=None)
+        assert steps["batch_ns"].to_list() == [100]
+        with pytest.raises(nsysan.MissingDataError, match="no measured batches"):
+            batch_trace(report, pattern="step_*")
+
+
+def test_cli_formats(tmp_path):
+    path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 3000], sidecar={"batch_size": 2})
+    runner = CliRunner()
+    csv = runner.invoke(app, ["throughput", "--format", "csv", str(path)])
+    assert csv.exit_code == 0, csv.output
+    assert pl.read_csv(io.StringIO(csv.stdout)).select("batches", "samples", "window_ns").row(0) == (2, 4, 4010)
+    js = runner.invoke(app, ["throughput", "--by-model", "--format", "json", str(path)])
+    assert json.loads(js.stdout)[0]["model"] == "vit1x1x1"
+    out = tmp_path / "t.parquet"
+    assert runner.invoke(app, ["throughput", "--by", "model", "-o", str(out), str(path)]).exit_code == 0
+    assert pl.read_parquet(out)["samples"].to_list() == [4]
+    assert "Throughput" in runner.invoke(app, ["throughput", str(path)]).stdout
+
+
+# -- the sample sweep against the truth files ------------------------------------------------------------------
+def truth(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.truth.json").read_text())
+
+
+def test_sample_sidecars_state_the_batch_size():
+    for name in SAMPLES:
+        sidecar = json.loads((sample_dir() / f"{name}.meta.json").read_text())
+        assert sidecar["batch_size"] == truth(name)["args"]["batch"]
+
+
+@pytest.fixture(scope="module")
+def sweep() -> dict[str, dict]:
+    runs = nsysan.collect(list(SAMPLES.values()))
+    out = throughput(runs)
+    assert not runs.failures
+    return {r["report"]: r for r in out.iter_rows(named=True)}
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_samples_match_the_workloads_own_timing(sweep, name):
+    t = truth(name)
+    measured = [r["wall_ms"] for r in t["records"] if r["tag"] == "batch"]
+    r = sweep[name]
+    assert (r["batches"], r["batch_size"], r["samples"]) == (
+        t["args"]["batches"], t["args"]["batch"], t["args"]["batches"] * t["args"]["batch"])
+    # The workload timed each batch itself (perf_counter around the same code the NVTX range encloses):
+    # within 2 % of the NVTX durations.
+    assert r["batch_ms_p50"] == pytest.approx(statistics.median(measured), rel=0.02)
+    assert r["batch_ms_p95"] == pytest.approx(float(np.percentile(measured, 95)), rel=0.02)
+    assert r["samples_per_s"] == pytest.approx(t["args"]["batch"] * len(measured) / (sum(measured) / 1e3), rel=0.02)
+
+
+def test_by_model_pools_the_pinned_and_pageable_runs():
+    runs = nsysan.collect(list(SAMPLES.values()))
+    pooled = {r["model"]: r for r in throughput(runs, by=["model"]).iter_rows(named=True)}
+    r = pooled["vit32x6x512"]
+    assert (r["runs"], r["batches"], r["samples"]) == (2, 60, 600)
