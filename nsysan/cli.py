@@ -81,7 +81,8 @@ def _finish(runs: Collection, analysed: bool) -> None:
         _message(f"nsysan: {failure.reason}")
     if runs.failures:
         ok = len(runs.paths) - len(runs.failures)
-        _message(f"nsysan: {len(runs.failures)} of {len(runs.paths)} input(s) failed; {ok} analysed")
+        if len(runs.paths) > 1:
+            _message(f"nsysan: {len(runs.failures)} of {len(runs.paths)} input(s) failed; {ok} analysed")
         raise typer.Exit(EXIT_PARTIAL if analysed and ok else EXIT_USER_ERROR)
 
 

@@ -5,6 +5,8 @@ file and reports it at the end.
 """
 from __future__ import annotations
 
+import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,19 @@ class Collection:
     #: Columns :meth:`concat` tags rows with: ``report`` and every metadata key seen.
     tag_keys: list[str] = field(default_factory=lambda: ["report"])
 
+    @property
+    def report_names(self) -> dict[Path, str]:
+        """How each report is named in outputs: its file name, or, where file names clash, its path
+        relative to the folder the clashing reports share (``gpu0/run``, ``gpu1/run``)."""
+        names = {path: Report.display_name(path) for path in self.paths}
+        counts = Counter(names.values())
+        clashing = [p for p in self.paths if counts[names[p]] > 1]
+        if clashing:
+            root = Path(os.path.commonpath([p.resolve().parent for p in clashing]))
+            for path in clashing:
+                names[path] = str(path.resolve().relative_to(root)).removesuffix(".sqlite")
+        return names
+
     def metadata(self, path: Path) -> dict[str, Any]:
         return read_metadata(path)
 
@@ -82,8 +97,9 @@ class Collection:
         """Apply a frame-returning analysis to every report and stack the results, each row tagged with
         ``report`` and the report's metadata columns."""
         frames = []
+        names = self.report_names
         for path, meta, frame in self.map(analysis, progress):
-            tags = {"report": Report.display_name(path), **meta}
+            tags = {"report": names[path], **meta}
             self.tag_keys.extend(k for k in tags if k not in self.tag_keys)
             frames.append(frame.with_columns(
                 [pl.lit(value, dtype=_literal_type(value)).alias(key) for key, value in tags.items()]))

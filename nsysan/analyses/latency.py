@@ -20,7 +20,9 @@ import numpy as np
 import polars as pl
 
 from nsysan import intervals
+from nsysan.errors import MissingDataError
 from nsysan.load import Report
+from nsysan.schema import CAPTURE_HINTS
 from nsysan.sql import query
 from nsysan.stats import describe_ms
 
@@ -43,6 +45,9 @@ def range_trace(report: Report) -> pl.DataFrame:
         "SELECT range_id, name, style, start_ns, end_ns, same_thread, global_tid, pid, tid "
         "FROM nvtx_ranges ORDER BY range_id"
     ).pl()
+    if ranges.is_empty():
+        raise MissingDataError(f"{report.path}: {CAPTURE_HINTS['NVTX_EVENTS']} (the NVTX table holds no ranges;"
+                               " needed for stage latency)")
     local = ranges.filter(pl.col("same_thread"))
     nesting = intervals.nest(local["global_tid"].to_numpy(), local["start_ns"].to_numpy(),
                              local["end_ns"].to_numpy())

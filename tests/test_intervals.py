@@ -1,0 +1,248 @@
+"""nsysan.intervals: worked examples, and properties checked against brute force on random inputs."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nsysan.intervals import ancestors, merge, nest, union_length
+
+GRID = 40  # brute-force union: count the integer instants covered on [0, GRID)
+# No per-example deadline: the brute-force oracles are quadratic and CI machines can be busy.
+quick = settings(deadline=None, max_examples=100)
+thorough = settings(deadline=None, max_examples=150)
+
+spans = st.lists(st.tuples(st.integers(0, GRID), st.integers(0, GRID)).map(sorted), max_size=12)
+
+
+def _split(pairs):
+    return [s for s, _ in pairs], [e for _, e in pairs]
+
+
+# -- union ------------------------------------------------------------------------------------------------
+
+def test_union_length_examples():
+    assert union_length([], []) == 0
+    assert union_length([0], [10]) == 10
+    assert union_length([0, 5], [10, 15]) == 15  # overlap 5..10 counted once
+    assert union_length([0, 20], [10, 30]) == 20  # gap 10..20 not counted
+    assert union_length([0, 2, 3], [10, 4, 5]) == 10  # contained intervals add nothing
+    assert union_length([0, 10], [10, 20]) == 20  # touching
+    assert union_length([5, 0], [6, 100]) == 100  # unsorted input
+    assert union_length(np.array([7]), np.array([7])) == 0  # empty interval
+
+
+def test_merge_examples():
+    assert merge([0, 5, 20], [10, 15, 30]) == [(0, 15), (20, 30)]
+    assert merge([0, 10], [10, 20]) == [(0, 20)]  # touching intervals are joined
+    assert merge([3, 0], [3, 1]) == [(0, 1)]  # empty interval dropped
+
+
+@quick
+@given(spans)
+def test_union_equals_brute_force_over_a_grid(pairs):
+    starts, ends = _split(pairs)
+    covered = sum(1 for t in range(GRID) if any(s <= t < e for s, e in pairs))
+    assert union_length(starts, ends) == covered
+
+
+@quick
+@given(spans)
+def test_union_bounds(pairs):
+    starts, ends = _split(pairs)
+    total = union_length(starts, ends)
+    lengths = [e - s for s, e in pairs]
+    assert total <= sum(lengths)
+    assert total >= max(lengths, default=0)
+    assert total <= (max(ends) - min(starts) if pairs else 0)  # the hull
+
+
+@quick
+@given(spans)
+def test_merge_is_idempotent_and_agrees_with_union_length(pairs):
+    merged = merge(*_split(pairs))
+    assert merge(*_split(merged)) == merged
+    assert all(s < e for s, e in merged)
+    assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(merged, merged[1:]))  # disjoint, sorted
+    assert sum(e - s for s, e in merged) == union_length(*_split(pairs))
+
+
+@quick
+@given(spans, st.randoms(use_true_random=False))
+def test_union_ignores_order(pairs, rnd):
+    shuffled = list(pairs)
+    rnd.shuffle(shuffled)
+    assert union_length(*_split(shuffled)) == union_length(*_split(pairs))
+
+
+# -- nesting ----------------------------------------------------------------------------------------------
+
+def _nest(threads, starts, ends):
+    return nest(np.asarray(threads, dtype=np.int64), np.asarray(starts, dtype=np.int64),
+                np.asarray(ends, dtype=np.int64))
+
+
+def test_nest_example():
+    #            0: outer  1: inner  2: sibling  3: other thread  4: inside inner
+    threads = [1, 1, 1, 2, 1]
+    starts = [0, 10, 60, 5, 20]
+    ends = [100, 50, 90, 95, 30]
+    n = _nest(threads, starts, ends)
+    assert n.parent.tolist() == [-1, 0, 0, -1, 1]
+    assert n.level.tolist() == [0, 1, 1, 0, 2]
+    assert n.crossing.tolist() == [False] * 5
+
+
+def test_nest_identical_bounds_earlier_contains_later():
+    n = _nest([1, 1, 1], [0, 0, 0], [10, 10, 10])
+    assert n.parent.tolist() == [-1, 0, 1]
+    assert n.level.tolist() == [0, 1, 2]
+
+
+def test_nest_crossing_ranges():
+    # 0 [0,100] contains 1 [10,50] and 2 [40,90]; 1 and 2 cross; 3 [45,48] is inside both 1 and 2.
+    n = _nest([1, 1, 1, 1], [0, 10, 40, 45], [100, 50, 90, 48])
+    assert n.crossing.tolist() == [False, True, True, False]
+    assert n.parent[1] == 0 and n.parent[2] == 0
+    # Documented (docs/metrics.md): the latest-starting containing range is the parent.
+    assert n.parent[3] == 2 and n.level[3] == 2
+
+
+@st.composite
+def nested_ranges(draw):
+    """Properly nested ranges (push/pop style) on up to three threads, shuffled. Times never decrease
+    along a thread, so children may share bounds with their parent and siblings may touch; every range
+    has positive length (so containment among them is never ambiguous)."""
+    ranges = []
+    for thread in range(draw(st.integers(1, 3))):
+        t = 0
+        open_starts: list[int] = []
+        for _ in range(draw(st.integers(0, 18))):
+            t += draw(st.integers(0, 3))
+            if open_starts and draw(st.booleans()):
+                start = open_starts.pop()
+                t = max(t, start + 1)
+                ranges.append((thread, start, t))
+            else:
+                open_starts.append(t)
+        while open_starts:
+            start = open_starts.pop()
+            t = max(t + draw(st.integers(0, 2)), start + 1)
+            ranges.append((thread, start, t))
+    order = draw(st.permutations(range(len(ranges))))
+    return [ranges[i] for i in order]
+
+
+def _contains(a, b, a_index, b_index):
+    """Whether range a contains range b (nsysan's rule: starts no later, ends no earlier; among identical
+    bounds the earlier one contains the later one)."""
+    if a[0] != b[0]:
+        return False
+    if (a[1], a[2]) == (b[1], b[2]):
+        return a_index < b_index
+    return a[1] <= b[1] and a[2] >= b[2]
+
+
+def _tightest_parent(ranges, i):
+    candidates = [j for j in range(len(ranges)) if j != i and ranges[j][0] == ranges[i][0]
+                  and _contains(ranges[j], ranges[i], j, i)]
+    # Smallest container; among identical bounds the latest one (the innermost of that chain).
+    return min(candidates, key=lambda j: (ranges[j][2] - ranges[j][1], -j), default=-1)
+
+
+@thorough
+@given(nested_ranges())
+def test_parent_is_the_tightest_containing_range(ranges):
+    n = _nest(*zip(*ranges)) if ranges else _nest([], [], [])
+    for i in range(len(ranges)):
+        assert n.parent[i] == _tightest_parent(ranges, i), (i, ranges)
+
+
+@quick
+@given(nested_ranges())
+def test_parent_contains_child_and_level_counts_ancestors(ranges):
+    if not ranges:
+        return
+    n = _nest(*zip(*ranges))
+    for i, (thread, start, end) in enumerate(ranges):
+        p = n.parent[i]
+        if p == -1:
+            assert n.level[i] == 0
+            continue
+        assert ranges[p][0] == thread and ranges[p][1] <= start and ranges[p][2] >= end
+        assert n.level[i] == n.level[p] + 1
+    # level = number of strict ancestors; no cycles.
+    child, ancestor = ancestors(n.parent)
+    counts = np.bincount(child, minlength=len(ranges))
+    assert (counts == n.level + 1).all()
+
+
+@st.composite
+def any_ranges(draw):
+    """Arbitrary ranges (start/end ranges may cross) on up to two threads."""
+    count = draw(st.integers(0, 15))
+    out = []
+    for _ in range(count):
+        start = draw(st.integers(0, 30))
+        out.append((draw(st.integers(0, 1)), start, start + draw(st.integers(0, 15))))
+    return out
+
+
+@quick
+@given(any_ranges())
+def test_crossing_matches_brute_force_and_parents_still_contain(ranges):
+    if not ranges:
+        return
+    n = _nest(*zip(*ranges))
+    for i, a in enumerate(ranges):
+        crosses = any(
+            j != i and b[0] == a[0] and a[1] <= b[2] and b[1] <= a[2]  # share at least an instant
+            and not _contains(a, b, i, j) and not _contains(b, a, j, i)
+            for j, b in enumerate(ranges))
+        assert bool(n.crossing[i]) == crosses, (i, ranges)
+        p = n.parent[i]
+        if p != -1:
+            assert _contains(ranges[p], a, p, i)
+            assert n.level[i] == n.level[p] + 1
+        else:
+            assert n.level[i] == 0
+
+
+@quick
+@given(nested_ranges())
+def test_no_crossing_among_properly_nested_ranges_that_never_touch(ranges):
+    if not ranges:
+        return
+    touching = any(a[0] == b[0] and a[2] == b[1] for a in ranges for b in ranges if a is not b)
+    n = _nest(*zip(*ranges))
+    if not touching:
+        assert not n.crossing.any()
+
+
+# -- ancestors --------------------------------------------------------------------------------------------
+
+def test_ancestors_example():
+    #        0   1  2  3   4
+    parent = np.array([-1, 0, 1, 0, -1])
+    child, anc = ancestors(parent)
+    pairs = sorted(zip(child.tolist(), anc.tolist()))
+    assert pairs == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 3), (4, 4)]
+    assert child.dtype == anc.dtype == np.int64
+
+
+def test_ancestors_empty():
+    child, anc = ancestors(np.array([], dtype=np.int64))
+    assert child.size == anc.size == 0
+
+
+@quick
+@given(nested_ranges())
+def test_ancestors_are_exactly_the_containing_ranges(ranges):
+    if not ranges:
+        return
+    n = _nest(*zip(*ranges))
+    child, anc = ancestors(n.parent)
+    got = set(zip(child.tolist(), anc.tolist()))
+    expected = {(i, j) for i in range(len(ranges)) for j in range(len(ranges))
+                if i == j or (ranges[j][0] == ranges[i][0] and _contains(ranges[j], ranges[i], j, i))}
+    assert got == expected
