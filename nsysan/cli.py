@@ -191,9 +191,14 @@ def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, out
         _finish(runs, analysed=not result.is_empty())
 
 
-from nsysan.cli_gpu import app as gpu_app  # noqa: E402 - cli_gpu imports the helpers above
+from nsysan import cli_export  # noqa: E402 - the command modules import the helpers above
+from nsysan.cli_compare import app as compare_app  # noqa: E402
+from nsysan.cli_gpu import app as gpu_app  # noqa: E402
 
 app.add_typer(gpu_app)
+app.add_typer(compare_app)
+app.command()(cli_export.export)
+app.command()(cli_export.doctor)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import polars as pl
 
 from nsysan.errors import NsysanError
 from nsysan.load import Report
-from nsysan.metadata import read_metadata
+from nsysan.metadata import read_metadata, report_stem
 
 T = TypeVar("T")
 
@@ -29,7 +29,9 @@ def find_exports(paths: Iterable[str | Path]) -> list[Path]:
     """Export files and parquetdir folders named by ``paths``, searching folders recursively.
 
     A path named explicitly is kept even if it does not look like an export, so that opening it reports
-    what is wrong with it. Results are sorted and free of duplicates.
+    what is wrong with it. Where a folder holds both the SQLite and the parquetdir export of one report
+    (``nsysan export --type both``), only the SQLite one is kept, so no report is counted twice.
+    Results are free of duplicates.
     """
     found: dict[Path, None] = {}
     for raw in paths:
@@ -42,7 +44,8 @@ def find_exports(paths: Iterable[str | Path]) -> list[Path]:
                     found[candidate] = None
         else:
             found[path] = None
-    return list(found)
+    sqlite_reports = {(p.parent, report_stem(p)) for p in found if p.suffix == ".sqlite"}
+    return [p for p in found if p.suffix == ".sqlite" or (p.parent, report_stem(p)) not in sqlite_reports]
 
 
 @dataclass

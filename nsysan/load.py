@@ -153,7 +153,7 @@ class Report:
     @staticmethod
     def display_name(path: Path) -> str:
         """How reports are named in outputs: the file name without ``.sqlite`` (or the parquet folder's name)."""
-        return path.name.removesuffix(".sqlite")
+        return path.name.removesuffix(".sqlite").removesuffix("_pqtdir")
 
     # -- what the export holds ---------------------------------------------------------------------------
     def has(self, table: str) -> bool:

@@ -13,7 +13,7 @@ from nsysan.errors import NsysanError
 
 NAME_PATTERN = re.compile(
     r"^(?P<prefix>[A-Za-z]+)_gpu(?P<gpu>\d+)_numa(?P<numa>\d+)_(?P<model>vit\d+x\d+x\d+)(?:_(?P<variant>.+))?$")
-EXPORT_SUFFIXES = (".sqlite", ".nsys-rep", ".qdrep", ".meta.json")
+EXPORT_SUFFIXES = (".sqlite", "_pqtdir", ".nsys-rep", ".qdrep", ".meta.json")
 KEYS = ("model", "gpu", "numa", "variant")
 
 

@@ -1,0 +1,341 @@
+"""N-way comparison of per-stage metrics between groups of runs, with bootstrap CIs and a verdict.
+
+Two steps, both pure:
+
+* :func:`stage_samples` reads a :class:`~nsysan.collection.Collection` into one long frame of observations
+  (one row per range instance and metric, one per copy for bandwidth), tagged with ``report`` and the run
+  metadata, warm-up excluded as in ``nsysan latency``;
+* :func:`compare` groups the observations by metadata keys and sets every group against its baseline
+  group: per stage and metric the value in each group, the ratio to the baseline, a percentile bootstrap
+  CI of the ratio over instances (:mod:`nsysan.bootstrap`) and a verdict that calls a change only when the
+  CI excludes 1.
+
+Metrics (docs/metrics.md, "Comparisons"): ``range_ms``, ``gpu_proj_ms`` and ``gpu_busy_ms`` (mean and p95),
+``bandwidth_gbps`` per copy direction (bytes / copy time of the copies a stage launched, as
+``nsysan bandwidth`` counts it) and ``throughput_per_s`` (instances per second of a level-0 stage over the
+window from its first start to its last end, as ``nsysan throughput`` counts batches).
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+
+from nsysan.analyses.bandwidth import copy_trace
+from nsysan.analyses.latency import exclude_instances, merge_numbered_names, range_trace
+from nsysan.bootstrap import NO_CHANGE, ratio_ci, reducer, verdict
+from nsysan.collection import Collection
+from nsysan.errors import NsysanError
+from nsysan.load import Report
+
+#: Columns of :func:`stage_samples` besides the run tags (``report`` and metadata keys).
+SAMPLE_COLUMNS = ("stage", "direction", "level", "metric", "start_ns", "value", "weight")
+SAMPLE_SCHEMA = {"report": pl.String, "stage": pl.String, "direction": pl.String, "level": pl.Int64,
+                 "metric": pl.String, "start_ns": pl.Int64, "value": pl.Float64, "weight": pl.Float64}
+BASELINE, NO_BASELINE, TOO_FEW = "baseline", "no baseline", "too few instances"
+NS_PER_MS, NS_PER_S = 1e6, 1e9
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One compared quantity: ``statistic`` of the ``source`` observations, times ``scale``."""
+
+    name: str                 # output name, unit included
+    statistic: str            # label in the output
+    source: str               # metric of the observations in stage_samples
+    reduce: str | Callable[[np.ndarray], np.ndarray]
+    scale: float = 1.0
+    higher_is_better: bool = False
+    top_level_only: bool = False
+
+
+def _per_second(ns: np.ndarray) -> np.ndarray:
+    return NS_PER_S / ns.mean(axis=-1)
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric("range_ms", "mean", "range_ns", "mean", 1 / NS_PER_MS),
+    Metric("range_ms", "p95", "range_ns", "p95", 1 / NS_PER_MS),
+    Metric("gpu_proj_ms", "mean", "gpu_proj_ns", "mean", 1 / NS_PER_MS),
+    Metric("gpu_proj_ms", "p95", "gpu_proj_ns", "p95", 1 / NS_PER_MS),
+    Metric("gpu_busy_ms", "mean", "gpu_busy_ns", "mean", 1 / NS_PER_MS),
+    Metric("gpu_busy_ms", "p95", "gpu_busy_ns", "p95", 1 / NS_PER_MS),
+    # Copy-time-weighted mean of per-copy rates = total bytes / total copy time.
+    Metric("bandwidth_gbps", "mean", "bandwidth_gbps", "weighted_mean", higher_is_better=True),
+    # 1 / mean cycle = instances / (last end - first start).
+    Metric("throughput_per_s", "mean", "cycle_ns", _per_second, higher_is_better=True, top_level_only=True),
+)
+#: Observations that carry a weight (resampled as (value, weight) records).
+WEIGHTED = frozenset({"bandwidth_gbps"})
+
+COMPARE_COLUMNS = ("stage", "direction", "metric", "statistic", "n", "value", "baseline", "baseline_n",
+                   "baseline_value", "ratio", "ci_low", "ci_high", "ci_level", "change_pct", "ci_low_pct",
+                   "ci_high_pct", "verdict")
+
+
+# -- observations -----------------------------------------------------------------------------------------
+def stage_samples(runs: Collection, *, exclude_within: str | Sequence[str] | None = None, skip_first: int = 0,
+                  merge_numbered: bool = True, progress: Callable[[Any], None] | None = None) -> pl.DataFrame:
+    """Observations per stage, one row each, tagged with ``report`` and run metadata.
+
+    Columns: the tags, ``stage`` (range name; ``batch_7`` -> ``batch_*`` when ``merge_numbered``),
+    ``direction`` (copy direction for bandwidth, else null), ``level`` (nesting level of the stage),
+    ``metric``, ``start_ns`` (the instance's start), ``value`` (Float64) and ``weight`` (null but for
+    bandwidth). Metrics: ``range_ns`` (every instance); ``gpu_proj_ns``, ``gpu_busy_ns`` (instances with
+    GPU ops); ``cycle_ns`` (level-0 stages: start of the report's next instance of the stage - own start,
+    the last one its own range time, so that their sum is the window first start -> last end);
+    ``bandwidth_gbps``: per memcpy, bytes / duration with the duration as weight, for the copies whose
+    innermost enclosing range (:func:`nsysan.analyses.bandwidth.op_stages`) is an instance kept here.
+    ``exclude_within`` / ``skip_first`` drop warm-up instances as :func:`nsysan.exclude_instances` does.
+    """
+    observations = runs.concat(_report_observations, progress)
+    if observations.is_empty():
+        return pl.DataFrame(schema=SAMPLE_SCHEMA)
+    tags = [k for k in runs.tag_keys if k in observations.columns]
+    ranges = observations.filter(pl.col("_kind") == "range")
+    ranges = exclude_instances(ranges, within=exclude_within, skip_first=skip_first)
+    if merge_numbered:
+        ranges = merge_numbered_names(ranges)
+    instance = [*tags, pl.col("range").alias("stage"), pl.lit(None, pl.String).alias("direction"),
+                pl.col("level").cast(pl.Int64), "start_ns"]
+    unweighted = pl.lit(None, pl.Float64).alias("weight")
+    has_gpu = pl.col("gpu_ops") > 0
+    following = pl.col("start_ns").shift(-1).over(["report", "range", "style"], order_by="start_ns")
+    frames = [
+        ranges.select(*instance, pl.lit("range_ns").alias("metric"),
+                      pl.col("range_ns").cast(pl.Float64).alias("value"), unweighted),
+        ranges.filter(has_gpu).select(*instance, pl.lit("gpu_proj_ns").alias("metric"),
+                                      pl.col("gpu_proj_ns").cast(pl.Float64).alias("value"), unweighted),
+        ranges.filter(has_gpu).select(*instance, pl.lit("gpu_busy_ns").alias("metric"),
+                                      pl.col("gpu_busy_ns").cast(pl.Float64).alias("value"), unweighted),
+        ranges.with_columns(_next=following).filter(pl.col("level") == 0).select(
+            *instance, pl.lit("cycle_ns").alias("metric"),
+            pl.coalesce(pl.col("_next") - pl.col("start_ns"), pl.col("range_ns")).cast(pl.Float64).alias("value"),
+            unweighted),
+    ]
+    copies = (observations.filter((pl.col("_kind") == "copy") & (pl.col("copy_duration_ns") > 0))
+              if "copy_duration_ns" in observations.columns else observations.clear())
+    if not copies.is_empty():
+        kept = ranges.select("report", "range_id", "range", "level", "start_ns")
+        copies = copies.select(*tags, "copy_range_id", "copy_direction", "copy_bytes", "copy_duration_ns").join(
+            kept, left_on=["report", "copy_range_id"], right_on=["report", "range_id"], how="inner")
+        frames.append(copies.select(
+            *tags, pl.col("range").alias("stage"), pl.col("copy_direction").alias("direction"),
+            pl.col("level").cast(pl.Int64), "start_ns", pl.lit("bandwidth_gbps").alias("metric"),
+            (pl.col("copy_bytes") / pl.col("copy_duration_ns")).cast(pl.Float64).alias("value"),
+            pl.col("copy_duration_ns").cast(pl.Float64).alias("weight")))
+    return pl.concat(frames, how="vertical_relaxed")
+
+
+def _report_observations(report: Report) -> pl.DataFrame:
+    """Range instances and copies of one report in one frame (``_kind`` = range | copy), so that
+    :meth:`Collection.concat` opens each report once."""
+    trace = range_trace(report).with_columns(_kind=pl.lit("range"))
+    if not (report.has("CUPTI_ACTIVITY_KIND_MEMCPY") and report.has("CUPTI_ACTIVITY_KIND_RUNTIME")):
+        return trace
+    copies = copy_trace(report, include_memset=False, by_stage=True).filter(pl.col("stage_range_id").is_not_null())
+    copies = copies.select(copy_range_id=pl.col("stage_range_id").cast(pl.Int64), copy_direction="direction",
+                           copy_bytes=pl.col("bytes").cast(pl.Int64),
+                           copy_duration_ns=pl.col("duration_ns").cast(pl.Int64), _kind=pl.lit("copy"))
+    return pl.concat([trace, copies], how="diagonal_relaxed")
+
+
+# -- comparison --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Settings:
+    """How ratios are estimated and judged (see :func:`compare` for the meaning of each)."""
+
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+    block: int | Literal["auto"] = "auto"
+    adjust: Literal["bonferroni", "none"] = "bonferroni"
+    min_effect_pct: float = 5.0
+    min_instances: int = 5
+
+    def __post_init__(self) -> None:
+        if self.adjust not in ("bonferroni", "none"):
+            raise NsysanError(f"adjust must be 'bonferroni' or 'none', not {self.adjust!r}")
+        if not 0 < self.confidence < 1:
+            raise NsysanError(f"confidence must lie between 0 and 1, not {self.confidence}")
+        if self.min_effect_pct < 0:
+            raise NsysanError(f"the minimum effect must be >= 0 %, not {self.min_effect_pct}")
+
+
+def compare(samples: pl.DataFrame, *, by: Sequence[str] = ("report",), baseline: Mapping[str, Any] | None = None,
+            confidence: float = 0.95, resamples: int = 2000, seed: int = 0, block: int | Literal["auto"] = "auto",
+            adjust: Literal["bonferroni", "none"] = "bonferroni", min_effect_pct: float = 5.0,
+            min_instances: int = 5) -> pl.DataFrame:
+    """Each group of ``by`` against its baseline group, per stage and metric.
+
+    ``baseline`` names values of some ``by`` keys (``{"numa": 0}``): a group's baseline is the group with
+    those values and the group's own values for the other keys (so ``by=("model", "numa")``,
+    ``baseline={"numa": 0}`` compares every model on each node with the same model on node 0). String
+    values match numbers by their text; ``""`` or ``"none"`` match a missing value. Without ``baseline``
+    the first group (in the order of the samples) is everyone's baseline.
+
+    Columns: the ``by`` keys, then :data:`COMPARE_COLUMNS`: ``n`` (observations), ``value`` (the statistic;
+    unit in the metric name), ``baseline`` (the baseline group, e.g. ``numa=0``), ``baseline_n``,
+    ``baseline_value``, ``ratio`` (value / baseline value), ``ci_low``/``ci_high`` (percentile bootstrap CI
+    of the ratio over instances, seeded), ``ci_level`` (the confidence of that interval),
+    ``change_pct`` = 100 (ratio - 1) with ``ci_low_pct``/``ci_high_pct``, and ``verdict``.
+
+    Noise control (docs/metrics.md, "Comparisons"): instances are resampled in blocks of ``block``
+    consecutive instances (``"auto"``: n^(1/3)), because slow batches come in bursts; with
+    ``adjust="bonferroni"`` the intervals of one group-vs-baseline comparison hold together at
+    ``confidence`` (each at 1 - (1 - confidence) / rows); the verdict is ``slower``/``faster`` only when the
+    interval lies wholly beyond a change of ``min_effect_pct`` (same distance on a log scale both ways),
+    else ``no clear change``. Other verdicts: ``baseline`` (the baseline group's own rows), ``no baseline``
+    (no baseline group, or it lacks the stage), ``too few instances`` (fewer than ``min_instances`` on a
+    side; no CI).
+    """
+    settings = Settings(confidence=confidence, resamples=resamples, seed=seed, block=block, adjust=adjust,
+                        min_effect_pct=min_effect_pct, min_instances=min_instances)
+    by = list(by)
+    _require(samples, by)
+    groups = samples.select(by).unique(maintain_order=True).rows()
+    if baseline is None:
+        shown = list(by)
+        base_of = {g: groups[0] for g in groups}
+    else:
+        unknown = [k for k in baseline if k not in by]
+        if unknown:
+            raise NsysanError(f"baseline key(s) {', '.join(unknown)} must be among the grouping keys "
+                              f"({', '.join(by)})")
+        for key, wanted in baseline.items():
+            values = samples[key].unique().to_list()
+            if not any(_matches(v, wanted) for v in values):
+                listed = ", ".join(sorted(_text(v) for v in values))
+                raise NsysanError(f"no run has {key}={wanted}; {key} here: {listed}")
+        shown = [k for k in by if k in baseline]
+        base_of = {g: _baseline_group(g, by, baseline, groups) for g in groups}
+    pairs = []
+    for group in groups:
+        base = base_of[group]
+        label = (", ".join(f"{k}={_text(base[by.index(k)])}" for k in shown) if base is not None
+                 else ", ".join(f"{k}={_text(v)}" for k, v in (baseline or {}).items()))
+        pairs.append((group, base, label))
+    return compare_pairs(samples, keys=by, pairs=pairs, settings=settings)
+
+
+def compare_pairs(samples: pl.DataFrame, *, keys: Sequence[str], pairs: Sequence[tuple[tuple, tuple | None, str]],
+                  settings: Settings = Settings()) -> pl.DataFrame:
+    """The engine of :func:`compare`: ``pairs`` holds (group, its baseline group or None, baseline label),
+    groups being tuples of values of ``keys``. One row per group, stage, direction and metric."""
+    keys = list(keys)
+    parts = {k: frame.select("value", "weight").to_numpy() if k[-1] in WEIGHTED else frame["value"].to_numpy()
+             for k, frame in samples.partition_by([*keys, "stage", "direction", "metric"], as_dict=True,
+                                                  maintain_order=True).items()}
+    rows, jobs = [], []
+    for stage, direction, level in stage_order(samples):
+        for metric in METRICS:
+            if metric.top_level_only and level != 0:
+                continue
+            for group, base, label in pairs:
+                values = parts.get((*group, stage, direction, metric.source))
+                if values is None:
+                    continue
+                row = dict(zip(keys, group), stage=stage, direction=direction, metric=metric.name,
+                           statistic=metric.statistic, n=len(values), value=_value(values, metric), baseline=label)
+                base_values = parts.get((*base, stage, direction, metric.source)) if base is not None else None
+                if base_values is None:
+                    row.update(verdict=NO_BASELINE)
+                elif base == group:
+                    row.update(baseline_n=len(values), baseline_value=row["value"], ratio=1.0, change_pct=0.0,
+                               verdict=BASELINE)
+                else:
+                    row.update(baseline_n=len(base_values), baseline_value=_value(base_values, metric))
+                    if min(len(values), len(base_values)) < settings.min_instances:
+                        ratio = row["value"] / row["baseline_value"] if row["baseline_value"] else None
+                        row.update(ratio=ratio, change_pct=None if ratio is None else 100 * (ratio - 1),
+                                   verdict=TOO_FEW)
+                    else:
+                        jobs.append((row, base_values, values, metric, (group, base)))
+                rows.append(row)
+    family = {}
+    for *_, pair in jobs:
+        family[pair] = family.get(pair, 0) + 1
+    for row, base_values, values, metric, pair in jobs:
+        level_ = settings.confidence
+        if settings.adjust == "bonferroni":
+            level_ = 1 - (1 - settings.confidence) / family[pair]
+        row.update(_ratio(base_values, values, metric, level_, settings,
+                          identity=(pair, row["stage"], row["direction"], metric.name, metric.statistic)))
+    schema = {**{k: samples.schema[k] for k in keys}, "stage": pl.String, "direction": pl.String,
+              "metric": pl.String, "statistic": pl.String, "n": pl.Int64, "value": pl.Float64,
+              "baseline": pl.String, "baseline_n": pl.Int64, "baseline_value": pl.Float64, "ratio": pl.Float64,
+              "ci_low": pl.Float64, "ci_high": pl.Float64, "ci_level": pl.Float64, "change_pct": pl.Float64,
+              "ci_low_pct": pl.Float64, "ci_high_pct": pl.Float64, "verdict": pl.String}
+    return pl.DataFrame(rows, schema=schema).fill_nan(None)
+
+
+def _ratio(base_values: np.ndarray, values: np.ndarray, metric: Metric, level: float, settings: Settings, *,
+           identity: tuple) -> dict[str, Any]:
+    # Enough resamples that each tail of the interval holds at least 10 of them.
+    resamples = max(settings.resamples, math.ceil(10 / ((1 - level) / 2)))
+    # One generator per row, seeded by the row's identity: a row's CI does not depend on the other rows.
+    row_seed = [settings.seed, zlib.crc32(repr(identity).encode())]
+    ci = ratio_ci(base_values, values, statistic=metric.reduce, confidence=level, resamples=resamples,
+                  seed=row_seed, block=settings.block)
+    return dict(ratio=ci.estimate, ci_low=ci.ci_low, ci_high=ci.ci_high, ci_level=level,
+                change_pct=100 * (ci.estimate - 1), ci_low_pct=100 * (ci.ci_low - 1),
+                ci_high_pct=100 * (ci.ci_high - 1),
+                verdict=verdict(ci.ci_low, ci.ci_high, min_effect=settings.min_effect_pct / 100,
+                                higher_is_better=metric.higher_is_better))
+
+
+def _value(values: np.ndarray, metric: Metric) -> float:
+    return float(reducer(metric.reduce)(values[np.newaxis, :])[0]) * metric.scale
+
+
+def stage_order(samples: pl.DataFrame) -> list[tuple[str, str | None, int]]:
+    """(stage, direction, level) in pipeline order: by first start within a report, outer before inner."""
+    if samples.is_empty():
+        return []
+    origin = pl.col("start_ns").min().over("report") if "report" in samples.columns else pl.col("start_ns").min()
+    ordered = (samples.with_columns(_offset=pl.col("start_ns") - origin)
+               .group_by("stage", "direction")
+               .agg(pl.col("_offset").min(), pl.col("level").min())
+               .sort("_offset", "level", "stage", pl.col("direction").fill_null(""), nulls_last=False))
+    return ordered.select("stage", "direction", "level").rows()
+
+
+def tag_columns(samples: pl.DataFrame) -> list[str]:
+    """The run tags of a :func:`stage_samples` frame: every column that is not an observation column."""
+    return [c for c in samples.columns if c not in SAMPLE_COLUMNS]
+
+
+def _require(samples: pl.DataFrame, keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in samples.columns]
+    if missing:
+        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: "
+                          f"{', '.join(tag_columns(samples))}")
+
+
+def _matches(value: Any, wanted: Any) -> bool:
+    if value is None:
+        return wanted is None or (isinstance(wanted, str) and wanted.strip().lower() in ("", "none", "null"))
+    if wanted is None:
+        return False
+    return value == wanted or str(value).lower() == str(wanted).strip().lower()
+
+
+def _text(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _baseline_group(group: tuple, by: list[str], baseline: Mapping[str, Any], groups: list[tuple]) -> tuple | None:
+    for candidate in groups:
+        if all(_matches(candidate[i], baseline[k]) if k in baseline else candidate[i] == group[i]
+               for i, k in enumerate(by)):
+            return candidate
+    return None
+
+
+__all__ = ["BASELINE", "COMPARE_COLUMNS", "METRICS", "Metric", "NO_BASELINE", "NO_CHANGE", "SAMPLE_COLUMNS", "Settings",
+           "TOO_FEW", "compare", "compare_pairs", "stage_order", "stage_samples", "tag_columns"]

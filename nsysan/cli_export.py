@@ -1,0 +1,177 @@
+"""The ``nsysan export`` and ``nsysan doctor`` commands (registered into :mod:`nsysan.cli`).
+
+Same conventions as :mod:`nsysan.cli`: data (the final table / the checks) to stdout or ``-o FILE``, messages and
+the progress bar to stderr. ``export`` exits 0 when every report converted or was up to date, 3 when some
+failed and others did not, 1 when every report failed or the request itself is wrong (no reports, no nsys),
+2 for usage errors, 130 when interrupted. ``doctor`` exits 1 when a check fails.
+
+Try them without the main CLI: ``python -m nsysan.cli_export export runs/`` / ``python -m nsysan.cli_export doctor``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from nsysan.errors import NsysanError
+from nsysan.export import ExportItem
+from nsysan.render import FORMATS, emit, infer_format, write_atomic
+
+EXIT_USER_ERROR = 1
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Convert nsys reports to exports, and check the installation.")
+
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", "-f", help=f"Output format: {'|'.join(FORMATS)} (default: from -o's extension, else table).")]
+Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically).")]
+NsysOpt = Annotated[Optional[str], typer.Option(
+    "--nsys", help="The nsys to use (a binary or an install folder). Default: $NSYS, else the newest nsys on "
+    "PATH, in the usual install folders and in nsysan's cache.", show_default=False)]
+
+EXPORT_TABLE = ("report", "status", "outputs", "reason")
+
+
+def _message(text: str) -> None:
+    typer.echo(text, err=True)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except NsysanError as e:
+        _message(f"nsysan: {e}")
+        raise typer.Exit(EXIT_USER_ERROR) from None
+
+
+@contextmanager
+def _export_progress() -> Iterator[Callable[[ExportItem, int, int], None] | None]:
+    """A progress bar on stderr (reports done / total, failures so far), only when stderr is a terminal.
+
+    The total is only known once the reports are found, so the bar learns it from the callbacks."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("exporting reports"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("reports", total=None, failed=0)
+        failed = 0
+
+        def advance(item: ExportItem, done: int, total: int) -> None:
+            nonlocal failed
+            failed += item.status == "failed"
+            bar.update(task, completed=done, total=total, failed=failed)
+
+        yield advance
+
+
+@app.command()
+def export(
+    paths: Annotated[list[Path], typer.Argument(
+        help=".nsys-rep / .qdrep reports, or folders to search recursively.", show_default=False)],
+    jobs: Annotated[Optional[int], typer.Option(
+        "--jobs", "-j", help="Reports converted in parallel (default: the number of cores).", min=1)] = None,
+    type_: Annotated[str, typer.Option(
+        "--type", "-t", help="sqlite | parquet (nsys parquetdir) | both (parquetdir where the nsys supports it).")]
+    = "sqlite",
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out-dir", help="Write exports here, mirroring the folders below each input folder "
+        "(default: beside each report).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Export again even when an export is up to date.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only say what would be converted; write nothing.")] = False,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", help="Stop an nsys export that runs longer than this many seconds.", min=0.001)] = None,
+    summary: Annotated[Optional[Path], typer.Option(
+        "--summary", help="Also write a JSON summary of the batch to this file.")] = None,
+    nsys: NsysOpt = None,
+    fmt: FormatOpt = None,
+    output: Output = None,
+) -> None:
+    """Convert nsys reports into SQLite (and parquetdir) exports, skipping those already up to date.
+
+    Exports go beside each report (run.nsys-rep -> run.sqlite, run_pqtdir/) or under --out-dir. An export is
+    written under a temporary name and renamed when complete, so an interrupted run leaves nothing half-written.
+
+    Example: nsysan export runs/ --jobs 4 --type both --summary export.json
+    """
+    from nsysan.export import export as run_export  # as a name of its own: this function is called export
+
+    with _user_errors():
+        chosen = infer_format(fmt, output)
+        if chosen not in FORMATS:
+            raise NsysanError(f"unknown format {chosen!r}; choose from {', '.join(FORMATS)}")
+        if summary is not None and summary.is_dir():
+            raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
+        try:
+            with _export_progress() as progress:
+                result = run_export(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
+                                    timeout=timeout, nsys=nsys, progress=progress)
+        except KeyboardInterrupt:
+            _message("nsysan: interrupted: stopped nsys and removed the partial exports")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        for note in result.notes:
+            _message(f"nsysan: {note}")
+        if result.stale_removed:
+            verb = "would remove" if dry_run else "removed"
+            _message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
+        for item in result.failed:
+            _message(f"nsysan: {item.line()}")
+        emit(result.to_frame(), chosen, output, title="nsys exports", table_columns=EXPORT_TABLE)
+        if summary is not None:
+            write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
+        counts = result.counts
+        done = ", ".join(f"{counts[key]} {label}" for key, label in (
+            ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),
+            ("failed", "failed")) if counts[key] or key in ("converted", "failed"))
+        used = f" with {result.nsys.describe()}" if result.nsys is not None else ""
+        _message(f"nsysan: {counts['total']} report(s): {done} in {result.seconds:.1f} s{used}")
+        if result.failed:
+            raise typer.Exit(EXIT_PARTIAL if len(result.failed) < counts["total"] else EXIT_USER_ERROR)
+
+
+@app.command()
+def doctor(
+    nsys: NsysOpt = None,
+    deep: Annotated[bool, typer.Option(
+        "--deep", help="Also profile /bin/true, export it and read it back (a few seconds).")] = False,
+    fmt: FormatOpt = None,
+    output: Output = None,
+) -> None:
+    """Check the installation: nsys and its importer, DuckDB and its sqlite scanner, packages, GPUs and NUMA.
+
+    Each line says ok / warn / missing / fail and how to fix it. Exit code 1 when a check fails.
+
+    Example: nsysan doctor --deep
+    """
+    import polars as pl
+
+    from nsysan.doctor import FAIL
+    from nsysan.doctor import doctor as run_doctor
+
+    with _user_errors():
+        chosen = infer_format(fmt, output)
+        checks = run_doctor(nsys, deep=deep)
+        frame = pl.DataFrame([c.to_dict() for c in checks],
+                             schema={"check": pl.String, "status": pl.String, "detail": pl.String, "fix": pl.String})
+        emit(frame, chosen, output, title="nsysan doctor")
+        failed = [c for c in checks if c.status == FAIL]
+        if failed:
+            _message(f"nsysan: {len(failed)} check(s) failed: {', '.join(c.check for c in failed)}")
+            raise typer.Exit(EXIT_USER_ERROR)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,360 @@
+"""Find the ``nsys`` command line tool, read its version, and run it with timeouts in its own process group.
+
+Where nsys is looked for, in order of precedence:
+
+1. an explicit path (``--nsys PATH`` / ``find_nsys(explicit=...)``): a binary or an install folder;
+2. the environment variable ``NSYS``;
+3. otherwise the **newest** working nsys among every ``nsys`` on ``PATH``, the usual install folders
+   (:data:`INSTALL_GLOBS`: ``/opt/nvidia/nsight-systems/*/``, ``/usr/local/cuda*/bin``,
+   ``/usr/lib/nsight-systems``, the nsys bundled in Nsight Compute) and nsysan's own cache
+   (``~/.cache/nsysan/nsys-*/target-linux-x64/nsys``, written by ``scripts/install-nsys``).
+
+nsys runs in a new session (its own process group), so that a timeout, a cancel or Ctrl-C can kill it together
+with every child it started, and a terminal's Ctrl-C does not reach it before nsysan has decided what to do.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from nsysan.errors import NsysanError
+
+NSYS_ENV = "NSYS"
+#: Install folders searched for nsys (besides PATH and nsysan's cache), as glob patterns.
+INSTALL_GLOBS: tuple[str, ...] = (
+    "/opt/nvidia/nsight-systems/*/bin/nsys",
+    "/opt/nvidia/nsight-systems/*/target-linux-x64/nsys",
+    "/usr/local/cuda*/bin/nsys",
+    "/usr/lib/nsight-systems/bin/nsys",
+    "/usr/lib/nsight-systems/target-linux-x64/nsys",
+    "/usr/lib/nsight-systems/*/bin/nsys",
+    "/usr/lib/nsight-systems/*/target-linux-x64/nsys",
+    "/opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys",
+)
+INSTALL_HINT = ("install Nsight Systems (https://developer.nvidia.com/nsight-systems) or run scripts/install-nsys, "
+                "then put nsys on PATH, set NSYS=/path/to/nsys or pass --nsys PATH")
+VERSION_TIMEOUT_S = 60.0
+#: Seconds between SIGTERM and SIGKILL when nsys has to be stopped.
+KILL_GRACE_S = 2.0
+
+
+class NsysNotFoundError(NsysanError):
+    """No working nsys was found (or the one named explicitly does not work)."""
+
+
+# -- versions ------------------------------------------------------------------------------------------------
+
+_VERSION = re.compile(r"(?<!\d)(20\d\d)[.@](\d+)(?:[.@](\d+))?(?:[.@](\d+))?(?:-([0-9A-Za-z]+(?:\.[0-9A-Za-z]+)*))?")
+
+
+@dataclass(frozen=True, order=True)
+class NsysVersion:
+    """An nsys release: ``parts`` such as (2023, 4, 4, 54) order releases; ``text`` is how nsys spells it."""
+
+    parts: tuple[int, ...]
+    text: str
+
+    @property
+    def release(self) -> str:
+        """Year and release of the year, e.g. ``2023.4``."""
+        return ".".join(map(str, self.parts[:2]))
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_version(text: str) -> NsysVersion | None:
+    """The first nsys version in ``text``: ``nsys --version`` output (``... version 2023.4.4.54-234433681190v0``)
+    or a report header's ``2023@4@4@54-234433681190v0``. None when there is none."""
+    found = _VERSION.search(text)
+    if not found:
+        return None
+    numbers = tuple(int(g) for g in found.groups()[:4] if g is not None)
+    spelled = ".".join(map(str, numbers)) + (f"-{found[5]}" if found[5] else "")
+    return NsysVersion(numbers, spelled)
+
+
+# -- running nsys ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Completed:
+    """How an nsys run ended. ``returncode`` is negative (-signal) when it was killed by a signal."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    timed_out: bool = False
+    cancelled: bool = False
+
+    @property
+    def killed_by(self) -> str | None:
+        """Name of the signal that ended nsys (SIGKILL, ...), when one did and nsysan did not send it."""
+        if self.returncode >= 0 or self.timed_out or self.cancelled:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+    def message(self) -> str:
+        """nsys's own explanation as one line: its last error line, else the last line it printed."""
+        return last_message(self.stderr + "\n" + self.stdout)
+
+
+def last_message(output: str) -> str:
+    lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", output)]
+    lines = [line for line in lines if line and not re.match(r"^(Processing|Exporting) \d+ events", line)]
+    errors = [line for line in lines if re.search(r"error|fail|invalid|cannot|not found|denied", line, re.I)]
+    chosen = (errors or lines or [""])[-1]
+    chosen = re.sub(r"^(Exportation error|Error|ERROR):\s*", "", chosen).rstrip(".")
+    return chosen if len(chosen) <= 300 else chosen[:297] + "..."
+
+
+_LIVE: set[subprocess.Popen] = set()
+_LIVE_LOCK = threading.Lock()
+
+
+def run(args: Sequence[str | os.PathLike], *, timeout: float | None = None,
+        cancel: threading.Event | None = None, env: Mapping[str, str] | None = None) -> Completed:
+    """Run a command in its own process group and wait for it; kill the whole group on timeout or when
+    ``cancel`` is set (checked every 0.1 s). Output is collected through files, so nothing blocks on a pipe.
+
+    Never raises for the command's own failure; raises OSError when it cannot be started."""
+    argv = tuple(str(a) for a in args)
+    start = time.monotonic()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        with _LIVE_LOCK:
+            if cancel is not None and cancel.is_set():
+                return Completed(argv, -signal.SIGTERM, "", "", 0.0, cancelled=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                                    env=dict(env) if env is not None else None)
+            _LIVE.add(proc)
+        timed_out = cancelled = False
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                elif timeout is not None and time.monotonic() - start > timeout:
+                    timed_out = True
+                if cancelled or timed_out:
+                    stop(proc, grace=0.5 if cancelled else KILL_GRACE_S)
+                    break
+        except BaseException:
+            stop(proc)
+            raise
+        finally:
+            with _LIVE_LOCK:
+                _LIVE.discard(proc)
+        out.seek(0)
+        err.seek(0)
+        return Completed(argv, proc.returncode, out.read().decode(errors="replace"),
+                         err.read().decode(errors="replace"), time.monotonic() - start, timed_out, cancelled)
+
+
+def stop(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
+    """Stop a process started by :func:`run` and everything in its process group: SIGTERM, then SIGKILL."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # The leader is gone; take down anything it left in its group.
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+
+
+def stop_all() -> None:
+    """Stop every process :func:`run` is waiting on (used on Ctrl-C)."""
+    with _LIVE_LOCK:
+        live = list(_LIVE)
+    for proc in live:
+        stop(proc, grace=0.5)
+
+
+# -- finding nsys ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Nsys:
+    """A working nsys: where it is, its version, and how it was found (``--nsys``, ``NSYS``, ``PATH``, a folder)."""
+
+    path: Path
+    version: NsysVersion
+    source: str
+
+    def export_types(self) -> tuple[str, ...]:
+        """The ``nsys export --type`` values this nsys accepts (from its help text)."""
+        return _export_types(str(self.path))
+
+    @property
+    def supports_parquetdir(self) -> bool:
+        return "parquetdir" in self.export_types()
+
+    def importer(self) -> Path | None:
+        """QdstrmImporter, which turns captures into reports: beside nsys or in a sibling of its folder
+        (``host-linux-x64`` in Nsight Systems, ``linux-desktop-glibc_*-x64`` in the copy inside Nsight Compute)."""
+        real = self.path.resolve()
+        for candidate in (real.parent / "QdstrmImporter", *sorted(real.parent.parent.glob("*/QdstrmImporter"))):
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def describe(self) -> str:
+        return f"nsys {self.version} ({self.path}, from {self.source})"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One nsys found while searching: ``version`` when it works, else ``error``."""
+
+    path: Path
+    source: str
+    version: NsysVersion | None
+    error: str | None = None
+
+
+_VERSION_CACHE: dict[tuple[str, int], NsysVersion | str] = {}
+_HELP_CACHE: dict[str, tuple[str, ...]] = {}
+
+
+def probe(path: Path) -> NsysVersion:
+    """Run ``nsys --version``; raise :class:`NsysNotFoundError` with a one-line reason when it does not work."""
+    real = path.resolve()
+    try:
+        key = (str(real), real.stat().st_mtime_ns)
+    except OSError as e:
+        raise NsysNotFoundError(f"{path}: {e.strerror or e}") from None
+    cached = _VERSION_CACHE.get(key)
+    if cached is None:
+        if not os.access(real, os.X_OK) or not real.is_file():
+            cached = "not an executable file"
+        else:
+            try:
+                done = run([path, "--version"], timeout=VERSION_TIMEOUT_S)
+            except OSError as e:
+                cached = f"cannot run it ({e.strerror or e})"
+            else:
+                version = parse_version(done.stdout + "\n" + done.stderr)
+                if done.timed_out:
+                    cached = f"`nsys --version` did not answer within {VERSION_TIMEOUT_S:g} s"
+                elif version is None:
+                    cached = (f"`nsys --version` printed no version (exit {done.returncode}: "
+                              f"{done.message() or 'no output'})")
+                else:
+                    cached = version
+        _VERSION_CACHE[key] = cached
+    if isinstance(cached, str):
+        raise NsysNotFoundError(f"{path}: not a working nsys: {cached}")
+    return cached
+
+
+KNOWN_EXPORT_TYPES = ("sqlite", "hdf", "text", "json", "info", "arrow", "arrowdir", "parquetdir")
+
+
+def parse_export_types(help_text: str) -> tuple[str, ...]:
+    """The ``--type`` values listed by ``nsys export --help``: the "Possible values" right after the option
+    (other options mention ``--type=json`` in passing); else every known type the text names."""
+    found = re.search(r"--type=[ \t]*\n\s*Possible values are:?\s*(.*?)(?:\.\s|\n\s*\n)", help_text, re.S)
+    if found:
+        return tuple(n for n in re.findall(r"[a-z0-9]+", found[1]) if n not in ("and", "or"))
+    return tuple(t for t in KNOWN_EXPORT_TYPES if re.search(rf"\b{t}\b", help_text))
+
+
+def _export_types(path: str) -> tuple[str, ...]:
+    if path not in _HELP_CACHE:
+        done = run([path, "export", "--help"], timeout=VERSION_TIMEOUT_S)
+        _HELP_CACHE[path] = parse_export_types(done.stdout + "\n" + done.stderr)
+    return _HELP_CACHE[path]
+
+
+def cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """nsysan's cache folder, as scripts/install-nsys computes it."""
+    environ = os.environ if environ is None else environ
+    if environ.get("NSYSAN_CACHE"):
+        return Path(environ["NSYSAN_CACHE"])
+    base = environ.get("XDG_CACHE_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".cache")
+    return Path(base) / "nsysan"
+
+
+def _resolve_explicit(raw: str | os.PathLike, source: str) -> Path:
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        for inner in ("nsys", "bin/nsys", "target-linux-x64/nsys", "host/target-linux-x64/nsys"):
+            if (path / inner).is_file():
+                return path / inner
+        raise NsysNotFoundError(f"{source} {raw}: folder holds no nsys (looked for nsys, bin/nsys, "
+                                "target-linux-x64/nsys)")
+    if not path.exists():
+        found = shutil.which(str(raw))
+        if found and os.sep not in str(raw):
+            return Path(found)
+        raise NsysNotFoundError(f"{source} {raw}: no such file")
+    return path
+
+
+def candidates(environ: Mapping[str, str] | None = None,
+               globs: Sequence[str] | None = None) -> list[Candidate]:
+    """Every nsys on PATH, in the install folders and in nsysan's cache (one entry per real file), probed."""
+    environ = os.environ if environ is None else environ
+    found: list[tuple[Path, str]] = []
+    for folder in (environ.get("PATH") or "").split(os.pathsep):
+        if folder and (Path(folder) / "nsys").is_file():
+            found.append((Path(folder) / "nsys", "PATH"))
+    patterns = [(p, f"install folder {p}") for p in (INSTALL_GLOBS if globs is None else globs)]
+    patterns.append((str(cache_root(environ) / "nsys-*" / "target-linux-x64" / "nsys"), "nsysan cache"))
+    for pattern, source in patterns:
+        for hit in sorted(glob.glob(pattern)):
+            found.append((Path(hit), source))
+    seen: set[Path] = set()
+    out = []
+    for path, source in found:
+        real = path.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
+        try:
+            out.append(Candidate(path, source, probe(path)))
+        except NsysNotFoundError as e:
+            out.append(Candidate(path, source, None, str(e)))
+    return out
+
+
+def find_nsys(explicit: str | os.PathLike | None = None, *, environ: Mapping[str, str] | None = None,
+              globs: Sequence[str] | None = None) -> Nsys:
+    """The nsys to use: ``explicit``, else ``$NSYS``, else the newest working one found (see the module doc).
+
+    Raises :class:`NsysNotFoundError` (one line, with the fix) when there is none."""
+    environ = os.environ if environ is None else environ
+    for raw, source in ((explicit, "--nsys"), (environ.get(NSYS_ENV), NSYS_ENV)):
+        if raw:
+            path = _resolve_explicit(raw, source)
+            return Nsys(path, probe(path), source)
+    working = [c for c in candidates(environ, globs) if c.version is not None]
+    if not working:
+        raise NsysNotFoundError(f"nsys not found: {INSTALL_HINT}")
+    # The newest; among equals, the first found (PATH comes first).
+    best = max(working, key=lambda c: c.version.parts)  # type: ignore[union-attr]
+    return Nsys(best.path, best.version, best.source)  # type: ignore[arg-type]
