@@ -5,90 +5,20 @@ Data goes to stdout (or ``-o FILE``), messages and progress to stderr. Exit code
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from nsysan import api
-from nsysan.collection import Collection, collect
+from nsysan import api, cli_compare, cli_export, cli_gpu
+from nsysan.cli_common import (By, FormatOpt, Output, Paths, Sample, finish, keys_from, progress_bar, runs_from,
+                               user_errors)
 from nsysan.errors import NsysanError
-from nsysan.render import FORMATS, emit, infer_format
-from nsysan.sample import sample_paths
-
-EXIT_USER_ERROR = 1
-EXIT_PARTIAL = 3
+from nsysan.render import emit, infer_format
 
 app = typer.Typer(
     name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Answers from Nsight Systems profiles: per-stage latency, kernels, and more, over many reports.",
 )
-
-Paths = Annotated[Optional[list[Path]], typer.Argument(
-    help="nsys exports: .sqlite files, parquetdir folders, or folders to search recursively.", show_default=False)]
-Sample = Annotated[bool, typer.Option("--sample", help="Analyse the sample sweep shipped with nsysan.")]
-FormatOpt = Annotated[Optional[str], typer.Option(
-    "--format", "-f", help=f"Output format: {'|'.join(FORMATS)} (default: from -o's extension, else table).")]
-Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically).")]
-By = Annotated[Optional[str], typer.Option(
-    "--by", help="Group by these comma-separated metadata keys (e.g. model,numa) instead of per report.")]
-
-
-def _message(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except NsysanError as e:
-        _message(f"nsysan: {e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
-
-
-def _runs(paths: list[Path] | None, sample: bool) -> Collection:
-    chosen = list(paths or []) + (sample_paths() if sample else [])
-    if not chosen:
-        raise NsysanError("no input: give export paths or --sample")
-    runs = collect(chosen)
-    if not runs.paths:
-        raise NsysanError(f"no nsys exports (.sqlite or parquetdir) found under {', '.join(map(str, chosen))}")
-    return runs
-
-
-@contextmanager
-def _progress(total: int) -> Iterator[Callable[[Path], None] | None]:
-    """A progress bar on stderr for batches, only when stderr is a terminal."""
-    if total < 2 or not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("reading reports"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("reports", total=total)
-        yield lambda _path: bar.advance(task)
-
-
-def _finish(runs: Collection, analysed: bool) -> None:
-    """Report failed inputs and pick the exit code."""
-    for failure in runs.failures:
-        _message(f"nsysan: {failure.reason}")
-    if runs.failures:
-        ok = len(runs.paths) - len(runs.failures)
-        if len(runs.paths) > 1:
-            _message(f"nsysan: {len(runs.failures)} of {len(runs.paths)} input(s) failed; {ok} analysed")
-        raise typer.Exit(EXIT_PARTIAL if analysed and ok else EXIT_USER_ERROR)
-
-
-def _keys(by: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(k.strip() for k in by.split(",") if k.strip()) if by else default
-
 
 LATENCY_TABLE = ("range", "instances", "range_ms_mean", "range_ms_p95", "gpu_proj_ms_mean", "gpu_proj_ms_p95",
                  "gpu_busy_ms_mean", "gpu_ops_total")
@@ -119,11 +49,11 @@ def latency(
 
     Example: nsysan latency --by-model --sample --exclude-within 'warmup_*' --merge-numbered
     """
-    with _user_errors():
-        runs = _runs(paths, sample)
-        keys = _keys(by, ("model", "variant") if by_model else ("report",))
+    with user_errors():
+        runs = runs_from(paths, sample)
+        keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             if trace:
                 result = api.latency_trace(runs, exclude_within=exclude_within, skip_first=skip_first,
                                            merge_numbered=merge_numbered, progress=progress)
@@ -135,7 +65,7 @@ def latency(
                 result = result.select(*TRACE_COLUMNS, *[c for c in result.columns if c not in TRACE_COLUMNS])
             emit(result, chosen, output, title="NVTX ranges (ms)" if not trace else "",
                  table_columns=TRACE_COLUMNS if trace else (*keys, *LATENCY_TABLE))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 @app.command()
@@ -153,13 +83,13 @@ def kernels(
 
     Example: nsysan kernels --sample --names short --top 5
     """
-    with _user_errors():
+    with user_errors():
         if names not in ("demangled", "short", "mangled"):
             raise NsysanError(f"--names must be demangled, short or mangled, not {names!r}")
-        runs = _runs(paths, sample)
-        keys = _keys(by, ("report",))
+        runs = runs_from(paths, sample)
+        keys = keys_from(by, ("report",))
         chosen = infer_format(fmt, output)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             result = api.kernels(runs, by=keys, names=names, progress=progress)  # type: ignore[arg-type]
         if not result.is_empty():
             if chosen == "table" and top:
@@ -169,7 +99,7 @@ def kernels(
             emit(result, chosen, output, title="CUDA kernels (ms)",
                  table_columns=(*keys, "name", "instances", "time_pct", "gpu_ms_mean", "gpu_ms_p50", "gpu_ms_p95",
                                 "gpu_ms_max"))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 @app.command()
@@ -180,23 +110,19 @@ def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, out
     """
     from nsysan.analyses.inventory import inventory
 
-    with _user_errors():
-        runs = _runs(paths, sample)
-        with _progress(len(runs.paths)) as progress:
+    with user_errors():
+        runs = runs_from(paths, sample)
+        with progress_bar(len(runs.paths)) as progress:
             result = runs.concat(inventory, progress)
         if not result.is_empty():
             result = result.select("report", *[c for c in result.columns if c != "report"])
             emit(result, infer_format(fmt, output), output, table_columns=(
                 "report", "nsys_version", "export_schema", "nvtx_ranges", "kernels", "memcpys", "memsets", "gpus"))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
-from nsysan import cli_export  # noqa: E402 - the command modules import the helpers above
-from nsysan.cli_compare import app as compare_app  # noqa: E402
-from nsysan.cli_gpu import app as gpu_app  # noqa: E402
-
-app.add_typer(gpu_app)
-app.add_typer(compare_app)
+app.add_typer(cli_gpu.app)
+app.add_typer(cli_compare.app)
 app.command()(cli_export.export)
 app.command()(cli_export.doctor)
 

@@ -14,7 +14,8 @@ import typer
 from nsysan.analyses.compare import stage_samples
 from nsysan.analyses.compare import compare as compare_groups
 from nsysan.analyses.numa import ASSUMED_LOWEST, LOCAL_KEY, NumaNotComparable, numa_heatmap, numa_pairs, numa_penalty
-from nsysan.cli import By, FormatOpt, Output, Paths, Sample, _finish, _keys, _message, _progress, _runs, _user_errors
+from nsysan.cli_common import (By, FormatOpt, Output, Paths, Sample, finish, keys_from, message, progress_bar,
+                               runs_from, user_errors)
 from nsysan.errors import NsysanError
 from nsysan.render import emit, infer_format
 
@@ -119,12 +120,12 @@ def compare(
 
     Example: nsysan compare eager.sqlite compiled.sqlite --exclude-within 'warmup_*'
     """
-    with _user_errors():
-        runs = _runs(paths, sample)
-        keys = list(_keys(by, ("report",)))
+    with user_errors():
+        runs = runs_from(paths, sample)
+        keys = list(keys_from(by, ("report",)))
         chosen = infer_format(fmt, output)
         spec = _baseline(baseline)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             samples = stage_samples(runs, exclude_within=exclude_within, skip_first=skip_first,
                                     merge_numbered=merge_numbered, progress=progress)
         result = pl.DataFrame()
@@ -134,13 +135,13 @@ def compare(
                                     min_effect_pct=min_effect)
             groups = samples.select(keys).unique().height
             if groups < 2:
-                _message(f"nsysan: only one group ({', '.join(keys)}): nothing to compare with")
+                message(f"nsysan: only one group ({', '.join(keys)}): nothing to compare with")
             shown = _only_metrics(result, metrics, chosen)
             base = result["baseline"].drop_nulls().first() if result.height else None
             title = (f"Ratio to baseline {base} ({_interval(confidence, adjust)}; a verdict needs a change beyond "
                      f"{min_effect:g} %)")
             emit(shown, chosen, output, title=title, table_columns=(*keys, *COMPARE_TABLE))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 @app.command()
@@ -179,11 +180,11 @@ def numa(
 
     Example: nsysan numa outputs/numa_study --exclude-within 'warmup_*' --heatmap --metric gpu_proj_ms -o heat.csv
     """
-    with _user_errors():
-        runs = _runs(paths, sample)
+    with user_errors():
+        runs = runs_from(paths, sample)
         chosen = infer_format(fmt, output)
         ignored = [k.strip() for k in (ignore or "").split(",") if k.strip()]
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             samples = stage_samples(runs, exclude_within=exclude_within, skip_first=skip_first,
                                     merge_numbered=merge_numbered, progress=progress)
         result = pl.DataFrame()
@@ -194,7 +195,7 @@ def numa(
                                       adjust=_adjust(adjust), min_effect_pct=min_effect)  # type: ignore[arg-type]
             except NumaNotComparable as e:
                 _say(f"nsysan: {e}.", chosen, output)
-                _finish(runs, analysed=True)
+                finish(runs, analysed=True)
                 return
             _notes(samples, local_key, ignored)
             keys = [c for c in result.columns[:result.columns.index("local_numa")]
@@ -207,7 +208,7 @@ def numa(
                 emit(_only_metrics(result, metrics, chosen), chosen, output,
                      title=f"NUMA penalty: remote / local - 1 ({_interval(confidence, adjust)}), most sensitive first",
                      table_columns=(*keys, *NUMA_TABLE))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 def _interval(confidence: float, adjust: str) -> str:
@@ -221,14 +222,14 @@ def _say(text: str, chosen: str, output: Path | None) -> None:
     if chosen == "table" and output is None:
         typer.echo(text)
     else:
-        _message(text)
+        message(text)
 
 
 def _notes(samples: pl.DataFrame, local_key: str, ignored: list[str]) -> None:
     """Say on stderr which assumption picked the local node and which reports found no partner."""
     layout = numa_pairs(samples, local_key=local_key, ignore=ignored)
     if (layout["local_basis"] == ASSUMED_LOWEST).any():
-        _message(f"nsysan: no {local_key} in the run metadata of some groups: the lowest NUMA node of each "
+        message(f"nsysan: no {local_key} in the run metadata of some groups: the lowest NUMA node of each "
                  "such group is taken as local (see the local_basis column)")
     for report, note in layout.filter(pl.col("role") == "unpaired").select("report", "note").iter_rows():
-        _message(f"nsysan: {report} not paired: {note}")
+        message(f"nsysan: {report} not paired: {note}")

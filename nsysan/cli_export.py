@@ -18,38 +18,21 @@ from typing import Annotated, Optional
 
 import typer
 
+from nsysan.cli_common import EXIT_PARTIAL, EXIT_USER_ERROR, FormatOpt, Output, message, user_errors
 from nsysan.errors import NsysanError
 from nsysan.export import ExportItem
 from nsysan.render import FORMATS, emit, infer_format, write_atomic
 
-EXIT_USER_ERROR = 1
-EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
 
 app = typer.Typer(name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Convert nsys reports to exports, and check the installation.")
 
-FormatOpt = Annotated[Optional[str], typer.Option(
-    "--format", "-f", help=f"Output format: {'|'.join(FORMATS)} (default: from -o's extension, else table).")]
-Output = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file (atomically).")]
 NsysOpt = Annotated[Optional[str], typer.Option(
     "--nsys", help="The nsys to use (a binary or an install folder). Default: $NSYS, else the newest nsys on "
     "PATH, in the usual install folders and in nsysan's cache.", show_default=False)]
 
 EXPORT_TABLE = ("report", "status", "outputs", "reason")
-
-
-def _message(text: str) -> None:
-    typer.echo(text, err=True)
-
-
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except NsysanError as e:
-        _message(f"nsysan: {e}")
-        raise typer.Exit(EXIT_USER_ERROR) from None
 
 
 @contextmanager
@@ -109,7 +92,7 @@ def export(
     """
     from nsysan.export import export as run_export  # as a name of its own: this function is called export
 
-    with _user_errors():
+    with user_errors():
         chosen = infer_format(fmt, output)
         if chosen not in FORMATS:
             raise NsysanError(f"unknown format {chosen!r}; choose from {', '.join(FORMATS)}")
@@ -120,15 +103,15 @@ def export(
                 result = run_export(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
                                     timeout=timeout, nsys=nsys, progress=progress)
         except KeyboardInterrupt:
-            _message("nsysan: interrupted: stopped nsys and removed the partial exports")
+            message("nsysan: interrupted: stopped nsys and removed the partial exports")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         for note in result.notes:
-            _message(f"nsysan: {note}")
+            message(f"nsysan: {note}")
         if result.stale_removed:
             verb = "would remove" if dry_run else "removed"
-            _message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
+            message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
         for item in result.failed:
-            _message(f"nsysan: {item.line()}")
+            message(f"nsysan: {item.line()}")
         emit(result.to_frame(), chosen, output, title="nsys exports", table_columns=EXPORT_TABLE)
         if summary is not None:
             write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
@@ -137,7 +120,7 @@ def export(
             ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),
             ("failed", "failed")) if counts[key] or key in ("converted", "failed"))
         used = f" with {result.nsys.describe()}" if result.nsys is not None else ""
-        _message(f"nsysan: {counts['total']} report(s): {done} in {result.seconds:.1f} s{used}")
+        message(f"nsysan: {counts['total']} report(s): {done} in {result.seconds:.1f} s{used}")
         if result.failed:
             raise typer.Exit(EXIT_PARTIAL if len(result.failed) < counts["total"] else EXIT_USER_ERROR)
 
@@ -161,7 +144,7 @@ def doctor(
     from nsysan.doctor import FAIL
     from nsysan.doctor import doctor as run_doctor
 
-    with _user_errors():
+    with user_errors():
         chosen = infer_format(fmt, output)
         checks = run_doctor(nsys, deep=deep)
         frame = pl.DataFrame([c.to_dict() for c in checks],
@@ -169,7 +152,7 @@ def doctor(
         emit(frame, chosen, output, title="nsysan doctor")
         failed = [c for c in checks if c.status == FAIL]
         if failed:
-            _message(f"nsysan: {len(failed)} check(s) failed: {', '.join(c.check for c in failed)}")
+            message(f"nsysan: {len(failed)} check(s) failed: {', '.join(c.check for c in failed)}")
             raise typer.Exit(EXIT_USER_ERROR)
 
 

@@ -1,6 +1,6 @@
 """CLI commands ``nsysan bandwidth``, ``nsysan utilization`` and ``nsysan throughput``.
 
-Same conventions as :mod:`nsysan.cli` (whose helpers they reuse): data to stdout or ``-o FILE``, messages to
+Same conventions as :mod:`nsysan.cli` (helpers from :mod:`nsysan.cli_common`): data to stdout or ``-o FILE``, messages to
 stderr, ``--format table|csv|json|parquet``, ``--by KEYS`` to pool reports by metadata keys. Registered on the
 main app by :mod:`nsysan.cli`.
 """
@@ -11,17 +11,15 @@ from typing import Annotated, Optional
 import polars as pl
 import typer
 
-# Created before nsysan.cli is imported: nsysan.cli imports this module to register ``app`` on the main app
-# (``app.add_typer(cli_gpu.app)``, resolved when the CLI runs), so either module may be imported first.
-app = typer.Typer()
+from nsysan.analyses import bandwidth as bw
+from nsysan.analyses import throughput as tp
+from nsysan.analyses import utilization as ut
+from nsysan.cli_common import (By, FormatOpt, Output, Paths, Sample, finish, keys_from, message, progress_bar,
+                               runs_from, user_errors)
+from nsysan.errors import NsysanError
+from nsysan.render import emit, infer_format
 
-from nsysan.analyses import bandwidth as bw  # noqa: E402
-from nsysan.analyses import throughput as tp  # noqa: E402
-from nsysan.analyses import utilization as ut  # noqa: E402
-from nsysan.cli import (By, FormatOpt, Output, Paths, Sample, _finish, _keys, _message, _progress,  # noqa: E402
-                        _runs, _user_errors)
-from nsysan.errors import NsysanError  # noqa: E402
-from nsysan.render import emit, infer_format  # noqa: E402
+app = typer.Typer()
 
 BatchPattern = Annotated[str, typer.Option(
     "--batches", help="Glob naming the per-batch NVTX ranges; the outermost matches are the batches.")]
@@ -65,11 +63,11 @@ def bandwidth(
 
     Example: nsysan bandwidth --sample --by-stage
     """
-    with _user_errors():
-        runs = _runs(paths, sample)
-        keys = _keys(by, ("model", "variant") if by_model else ("report",))
+    with user_errors():
+        runs = runs_from(paths, sample)
+        keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             result = bw.bandwidth(runs, by=keys, by_stage=by_stage, include_memset=memset, tiny_bytes=tiny_bytes,
                                   merge_numbered=merge_numbered, histogram=histogram, progress=progress)
         if not result.is_empty():
@@ -85,7 +83,7 @@ def bandwidth(
                            "copy_gbps_p50", "copy_gbps_p95", "tiny_copies", "flags")
             emit(result, chosen, output, title="Copy size histogram" if histogram else
                  "Copy bandwidth (GB/s = bytes / summed copy time)", table_columns=columns)
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 @app.command()
@@ -119,13 +117,13 @@ def utilization(
 
     Example: nsysan utilization --sample --window forward
     """
-    with _user_errors():
+    with user_errors():
         if names not in ("demangled", "short", "mangled"):
             raise NsysanError(f"--names must be short, demangled or mangled, not {names!r}")
-        runs = _runs(paths, sample)
-        keys = _keys(by, ("model", "variant") if by_model else ("report",))
+        runs = runs_from(paths, sample)
+        keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             result = ut.utilization(
                 runs, by=keys, window=window, by_stream=by_stream, batch_pattern=batches,
                 exclude_within=exclude_within or None, names=names,  # type: ignore[arg-type]
@@ -146,7 +144,7 @@ def utilization(
                            "launch_bound", "top_kernel")
                 title = f"GPU utilization over {window} (busy = union of op intervals, not a sum)"
             emit(result, chosen, output, title=title, table_columns=columns)
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
 
 
 @app.command()
@@ -169,20 +167,20 @@ def throughput(
 
     Example: nsysan throughput --sample --by-model
     """
-    with _user_errors():
-        runs = _runs(paths, sample)
-        keys = _keys(by, ("model", "variant") if by_model else ("report",))
+    with user_errors():
+        runs = runs_from(paths, sample)
+        keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
-        with _progress(len(runs.paths)) as progress:
+        with progress_bar(len(runs.paths)) as progress:
             result = tp.throughput(runs, by=keys, pattern=batches, exclude_within=exclude_within or None,
                                    batch_size=batch_size, progress=progress)
         if not result.is_empty():
             for row in result.filter(pl.col("note").is_not_null()).iter_rows(named=True):
                 label = ", ".join(f"{k}={row[k]}" for k in keys)
-                _message(f"nsysan: {label}: {row['note']}; samples/s not computed")
+                message(f"nsysan: {label}: {row['note']}; samples/s not computed")
             if chosen == "table":
                 result = _ms(result, "window_ns")
             emit(result, chosen, output, title="Throughput (measured batches)", table_columns=(
                 *keys, "runs", "batches", "batch_size", "window_ms", "samples_per_s", "batches_per_s",
                 "batch_ms_p50", "batch_ms_p95", "note"))
-        _finish(runs, analysed=not result.is_empty())
+        finish(runs, analysed=not result.is_empty())
