@@ -98,25 +98,39 @@ def exclude_instances(trace: pl.DataFrame, *, within: str | Sequence[str] | None
     out = trace
     if within:
         patterns = [within] if isinstance(within, str) else list(within)
-        matching = [n for n in trace["range"].unique().drop_nulls().to_list()
-                    if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-        keys = ["report"] if "report" in trace.columns else []
-        ids = trace.select(*keys, "range_id", "parent_id", "range")
-        # Walk up the parent chain until no instance has a parent left: depth is small (nesting levels).
-        excluded = ids.with_columns(hit=pl.col("range").is_in(matching), up=pl.col("parent_id"))
-        lookup = ids.select(*keys, up="range_id", up_range="range", up_parent="parent_id")
-        while excluded["up"].is_not_null().any():
-            excluded = (excluded.join(lookup, on=[*keys, "up"], how="left")
-                        .with_columns(hit=pl.col("hit") | pl.col("up_range").is_in(matching).fill_null(False),
-                                      up=pl.col("up_parent"))
-                        .drop("up_range", "up_parent"))
-        keep = excluded.filter(~pl.col("hit")).select(*keys, "range_id")
-        out = out.join(keep, on=[*keys, "range_id"], how="semi")
+        inside = nested_in_named(trace, names_matching(trace, patterns), include_self=True)
+        out = out.join(inside.filter(~pl.col("nested")), on=[*_report_key(trace), "range_id"], how="semi")
     if skip_first:
         keys = ["report"] if "report" in out.columns else []
         out = (out.sort("start_ns", "range_id")
                .filter(pl.int_range(pl.len()).over([*keys, "range", "style"]) >= skip_first))
     return out
+
+
+def names_matching(trace: pl.DataFrame, patterns: Sequence[str]) -> list[str]:
+    """The distinct range names of ``trace`` that match any of the glob ``patterns``."""
+    return [n for n in trace["range"].unique().drop_nulls().to_list()
+            if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def nested_in_named(trace: pl.DataFrame, names: Sequence[str], *, include_self: bool) -> pl.DataFrame:
+    """For every instance: ``nested`` is True when an enclosing instance (or, with ``include_self``, the
+    instance itself) has one of ``names``. Columns: ``report`` (when the trace has it), ``range_id``,
+    ``nested``. Walks up the parent chain, one join per nesting level."""
+    keys = _report_key(trace)
+    walk = trace.select(*keys, "range_id", up="parent_id",
+                        nested=pl.col("range").is_in(names) if include_self else pl.lit(False))
+    lookup = trace.select(*keys, up="range_id", _up_range="range", _up_parent="parent_id")
+    while walk["up"].is_not_null().any():
+        walk = (walk.join(lookup, on=[*keys, "up"], how="left")
+                .with_columns(nested=pl.col("nested") | pl.col("_up_range").is_in(names).fill_null(False),
+                              up=pl.col("_up_parent"))
+                .drop("_up_range", "_up_parent"))
+    return walk.drop("up")
+
+
+def _report_key(trace: pl.DataFrame) -> list[str]:
+    return ["report"] if "report" in trace.columns else []
 
 
 def merge_numbered_names(trace: pl.DataFrame) -> pl.DataFrame:

@@ -12,14 +12,13 @@ Definitions (docs/metrics.md, "Throughput"):
 """
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
 
-from nsysan.analyses.latency import exclude_instances, range_trace
+from nsysan.analyses.latency import exclude_instances, names_matching, nested_in_named, range_trace
 from nsysan.collection import Collection
 from nsysan.errors import MissingDataError
 from nsysan.load import Report
@@ -37,18 +36,10 @@ def outer_matching(trace: pl.DataFrame, *, pattern: str = BATCH_PATTERN,
                    exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> pl.DataFrame:
     """Instances of ``trace`` (from :func:`nsysan.range_trace`) named like ``pattern`` and not nested in
     another instance named like it, minus those named like or nested in ``exclude_within``."""
-    names = [n for n in trace["range"].unique().drop_nulls().to_list() if fnmatch.fnmatchcase(n, pattern)]
+    names = names_matching(trace, [pattern])
     keys = ["report"] if "report" in trace.columns else []
     kept = exclude_instances(trace, within=exclude_within) if exclude_within else trace
-    # Drop matches nested inside another match: walk up the parent chain (depth = nesting levels).
-    walk = trace.select(*keys, "range_id", up="parent_id").with_columns(nested=pl.lit(False))
-    lookup = trace.select(*keys, up="range_id", _up_range="range", _up_parent="parent_id")
-    while walk["up"].is_not_null().any():
-        walk = (walk.join(lookup, on=[*keys, "up"], how="left")
-                .with_columns(nested=pl.col("nested") | pl.col("_up_range").is_in(names).fill_null(False),
-                              up=pl.col("_up_parent"))
-                .drop("_up_range", "_up_parent"))
-    outer = walk.filter(~pl.col("nested")).select(*keys, "range_id")
+    outer = nested_in_named(trace, names, include_self=False).filter(~pl.col("nested"))
     return (kept.filter(pl.col("range").is_in(names))
             .join(outer, on=[*keys, "range_id"], how="semi")
             .sort(*keys, "start_ns", "range_id"))
