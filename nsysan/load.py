@@ -98,6 +98,8 @@ class Report:
         self.path = Path(path)
         self.name = self.display_name(self.path)
         self._con = duckdb.connect(config={"threads": 2})
+        # DuckDB draws a progress bar on stderr for long queries, over our own.
+        self._con.execute("SET enable_progress_bar = false")
         try:
             sources = self._attach()
             self._present = set(sources)
@@ -181,15 +183,20 @@ class Report:
         """Run SQL against this report's views; returns a lazy DuckDB relation."""
         return self._con.sql(text, params=params)
 
+    def frame(self, text: str, params: object = None) -> pl.DataFrame:
+        """Run SQL against this report's views and return a polars DataFrame (read through the Arrow stream
+        interface, which skips pyarrow)."""
+        return pl.DataFrame(self._con.sql(text, params=params))
+
     def table(self, name: str) -> pl.DataFrame:
         """A tidy view (one of :data:`TIDY_VIEWS`) as a polars DataFrame."""
         if name not in TIDY_VIEWS:
             raise ValueError(f"unknown table {name!r}; choose from {', '.join(TIDY_VIEWS)}")
-        return self._con.sql(f"SELECT * FROM {name}").pl()
+        return self.frame(f"SELECT * FROM {name}")
 
     def register(self, name: str, frame: pl.DataFrame) -> None:
         """Make a DataFrame queryable by name in :meth:`sql` (used by analyses for intermediate tables)."""
-        self._con.register(name, frame.to_arrow())
+        self._con.register(name, frame)
 
     def close(self) -> None:
         self._con.close()

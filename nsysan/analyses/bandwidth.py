@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nsysan import intervals
+from nsysan.attribution import launch_ranges, launches, range_nesting
 from nsysan.collection import Collection
 from nsysan.errors import NsysanError
 from nsysan.load import Report
@@ -45,7 +45,7 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
     has_any = report.has("CUPTI_ACTIVITY_KIND_MEMCPY") or (include_memset and report.has("CUPTI_ACTIVITY_KIND_MEMSET"))
     if not has_any:
         report.require("CUPTI_ACTIVITY_KIND_MEMCPY", purpose="copy bandwidth")
-    copies = report.sql(query("copies")).pl()
+    copies = report.frame(query("copies"))
     if not include_memset:
         copies = copies.filter(pl.col("op") == "memcpy")
     copies = copies.with_columns(
@@ -66,20 +66,14 @@ def op_stages(report: Report) -> pl.DataFrame:
 
     Same rule as the GPU projection of :func:`nsysan.range_trace`: the launching CUDA call lies inside the
     range on the same thread; of those ranges the deepest one is the stage."""
-    ranges = report.sql(
-        "SELECT range_id, name, start_ns, end_ns, global_tid FROM nvtx_ranges WHERE same_thread ORDER BY range_id"
-    ).pl()
-    nesting = intervals.nest(ranges["global_tid"].to_numpy(), ranges["start_ns"].to_numpy(),
-                             ranges["end_ns"].to_numpy())
-    ids = ranges["range_id"].to_numpy()
-    child, ancestor = intervals.ancestors(nesting.parent)
-    report.register("stage_nest", ranges.select("range_id", "global_tid", "start_ns", "end_ns").with_columns(
-        crossing=pl.Series(nesting.crossing, dtype=pl.Boolean), level=pl.Series(nesting.level, dtype=pl.Int64)))
-    report.register("stage_ancestors", pl.DataFrame({"range_id": ids[child], "ancestor_id": ids[ancestor]},
-                                                    schema={"range_id": pl.Int64, "ancestor_id": pl.Int64}))
-    stages = report.sql(query("op_stage")).pl()
-    names = ranges.select(stage_range_id="range_id", stage="name")
-    return stages.join(names, on="stage_range_id", how="left").select(
+    nesting = range_nesting(report)
+    one_row_per_launch = launches(report).unique(["global_pid", "correlation_id"])
+    innermost = (launch_ranges(one_row_per_launch, nesting)
+                 .join(nesting.select("range_id", "level", "start_ns"), on="range_id")
+                 .sort("level", "start_ns", "range_id", descending=True)
+                 .unique(["global_pid", "correlation_id"], keep="first"))
+    names = report.frame("SELECT range_id, name AS stage FROM nvtx_ranges")
+    return innermost.join(names, on="range_id", how="left").rename({"range_id": "stage_range_id"}).select(
         "global_pid", "correlation_id", "stage", "stage_range_id")
 
 

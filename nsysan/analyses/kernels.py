@@ -17,8 +17,8 @@ def kernel_durations(report: Report, *, names: KernelNames = "demangled") -> pl.
     ``device_id``, ``stream_id``."""
     report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="the kernel summary")
     column = _NAME_COLUMN[names]
-    return report.sql(
-        f"SELECT {column} AS name, start_ns, duration_ns, device_id, stream_id FROM kernels").pl()
+    return report.frame(
+        f"SELECT {column} AS name, start_ns, duration_ns, device_id, stream_id FROM kernels")
 
 
 def kernel_summary(durations: pl.DataFrame, *, by: tuple[str, ...] = ("report",)) -> pl.DataFrame:

@@ -16,14 +16,12 @@ import fnmatch
 import re
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
-from nsysan import intervals
+from nsysan.attribution import launch_ranges, launches, range_nesting
 from nsysan.errors import MissingDataError
 from nsysan.load import Report
 from nsysan.schema import CAPTURE_HINTS
-from nsysan.sql import query
 from nsysan.stats import describe_ms
 
 TRACE_COLUMNS = ("range", "style", "level", "parent", "start_ns", "range_ns", "gpu_proj_start_ns", "gpu_proj_ns",
@@ -41,30 +39,16 @@ def range_trace(report: Report) -> pl.DataFrame:
     Times are integer nanoseconds on the capture's clock.
     """
     report.require("NVTX_EVENTS", purpose="stage latency")
-    ranges = report.sql(
-        "SELECT range_id, name, style, start_ns, end_ns, same_thread, global_tid, pid, tid "
-        "FROM nvtx_ranges ORDER BY range_id"
-    ).pl()
+    ranges = report.frame("SELECT range_id, name, style, start_ns, end_ns, same_thread, global_tid, pid, tid "
+                          "FROM nvtx_ranges ORDER BY range_id")
     if ranges.is_empty():
         raise MissingDataError(f"{report.path}: {CAPTURE_HINTS['NVTX_EVENTS']} (the NVTX table holds no ranges;"
                                " needed for stage latency)")
-    local = ranges.filter(pl.col("same_thread"))
-    nesting = intervals.nest(local["global_tid"].to_numpy(), local["start_ns"].to_numpy(),
-                             local["end_ns"].to_numpy())
-    ids = local["range_id"].to_numpy()
-    parent_ids = np.where(nesting.parent >= 0, ids[np.maximum(nesting.parent, 0)], -1)
-    nest_frame = local.select("range_id", "global_tid", "start_ns", "end_ns").with_columns(
-        crossing=pl.Series(nesting.crossing),
-        parent_id=pl.Series(parent_ids).replace(-1, None),
-        level=pl.Series(nesting.level),
-    )
-
-    projection = _project(report, nest_frame, ids, nesting) if _has_gpu_trace(report) else None
-
-    trace = ranges.join(nest_frame.select("range_id", "parent_id", "level"), on="range_id", how="left")
+    nesting = range_nesting(report)
+    trace = ranges.join(nesting.select("range_id", "parent_id", "level"), on="range_id", how="left")
     trace = trace.with_columns(pl.col("level").fill_null(0))
-    if projection is not None:
-        trace = trace.join(projection, on="range_id", how="left")
+    if _has_gpu_trace(report):
+        trace = trace.join(_project(report, nesting), on="range_id", how="left")
     else:
         trace = trace.with_columns(gpu_proj_start_ns=pl.lit(None, pl.Int64), gpu_proj_ns=pl.lit(None, pl.Int64),
                                    gpu_busy_ns=pl.lit(None, pl.Int64), gpu_ops=pl.lit(None, pl.Int64))
@@ -83,11 +67,20 @@ def _has_gpu_trace(report: Report) -> bool:
         report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"))
 
 
-def _project(report: Report, nest_frame: pl.DataFrame, ids: np.ndarray, nesting: intervals.Nesting) -> pl.DataFrame:
-    child, ancestor = intervals.ancestors(nesting.parent)
-    report.register("range_nest", nest_frame)
-    report.register("range_ancestors", pl.DataFrame({"range_id": ids[child], "ancestor_id": ids[ancestor]}))
-    return report.sql(query("range_projection")).pl()
+def _project(report: Report, nesting: pl.DataFrame) -> pl.DataFrame:
+    """Projection of each range that launched GPU work: first op start, last op end - first op start,
+    union of op intervals (busy), and distinct launches."""
+    pairs = launch_ranges(launches(report), nesting)
+    # Union length: each op adds what it covers beyond the furthest end of the ops that started before it.
+    covered_until = pl.col("op_end").cum_max().shift(1).over("range_id")
+    return (pairs.sort("range_id", "op_start", "op_end")
+            .with_columns(covered_until=covered_until)
+            .group_by("range_id")
+            .agg(gpu_proj_start_ns=pl.col("op_start").min(),
+                 gpu_proj_ns=pl.col("op_end").max() - pl.col("op_start").min(),
+                 gpu_busy_ns=(pl.col("op_end") - pl.max_horizontal("op_start", pl.col("covered_until")))
+                 .clip(lower_bound=0).sum(),
+                 gpu_ops=pl.col("correlation_id").n_unique().cast(pl.Int64)))
 
 
 def exclude_instances(trace: pl.DataFrame, *, within: str | Sequence[str] | None = None,

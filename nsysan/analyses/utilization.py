@@ -160,13 +160,13 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
                                          exclude_within=exclude_within)
     win = (ws, we)
     window_ns = _length(win)
-    ops = report.sql("SELECT kind, start_ns, end_ns, device_id, stream_id FROM gpu_ops").pl()
-    kernels = report.sql(
-        f"SELECT {_NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels").pl()
+    ops = report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id FROM gpu_ops")
+    kernels = report.frame(
+        f"SELECT {_NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels")
     keys = ["device_id", "stream_id"] if by_stream else ["device_id"]
     units = ops.select(keys).unique()
     if not by_stream:
-        gpus = report.sql("SELECT device_id FROM gpus").pl().cast({"device_id": pl.Int64})
+        gpus = report.frame("SELECT device_id FROM gpus").cast({"device_id": pl.Int64})
         units = pl.concat([units.cast({"device_id": pl.Int64}), gpus]).unique()
     rows = []
     for unit in units.sort(keys).iter_rows(named=True):

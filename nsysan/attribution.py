@@ -1,0 +1,80 @@
+"""Which NVTX ranges launched each GPU op — the rule every per-range GPU number rests on.
+
+A GPU op belongs to a range when the CUDA API call that launched it lies inside the range on the same
+thread (nsys's ``nvtx_gpu_proj`` rule), and to every range enclosing that one. An inequality join per thread
+grows quadratically; instead each launch finds the latest range that started on its thread at or before the
+call (an as-of join) and climbs that range's parent chain: for nested ranges, the ranges that contain the
+call are exactly those ancestors. Start/end ranges that partially overlap ("cross") another range are not
+reachable that way and are matched directly; they are rare.
+"""
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from nsysan import intervals
+from nsysan.load import Report
+from nsysan.sql import query
+
+PAIR_SCHEMA = {"range_id": pl.Int64, "global_pid": pl.Int64, "correlation_id": pl.Int64, "op_start": pl.Int64,
+               "op_end": pl.Int64}
+
+
+def range_nesting(report: Report) -> pl.DataFrame:
+    """Ranges that end on the thread that started them, with how they nest: ``range_id``, ``global_tid``,
+    ``start_ns``, ``end_ns``, ``parent_id`` (null for outermost), ``level``, ``crossing``."""
+    ranges = report.frame("SELECT range_id, global_tid, start_ns, end_ns FROM nvtx_ranges WHERE same_thread "
+                          "ORDER BY range_id")
+    nesting = intervals.nest(ranges["global_tid"].to_numpy(), ranges["start_ns"].to_numpy(),
+                             ranges["end_ns"].to_numpy())
+    ids = ranges["range_id"].to_numpy()
+    parent_ids = np.where(nesting.parent >= 0, ids[np.maximum(nesting.parent, 0)], -1)
+    return ranges.with_columns(
+        parent_id=pl.Series(parent_ids, dtype=pl.Int64).replace(-1, None),
+        level=pl.Series(nesting.level, dtype=pl.Int64),
+        crossing=pl.Series(nesting.crossing, dtype=pl.Boolean),
+    )
+
+
+def launches(report: Report) -> pl.DataFrame:
+    """Every GPU op with its launching call: ``global_pid``, ``correlation_id``, ``global_tid``,
+    ``call_start``, ``call_end``, ``op_start``, ``op_end``."""
+    return report.frame(query("launches"))
+
+
+def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
+    """Every (range, op) pair where the op's launching call lies inside the range on the same thread.
+
+    ``launched`` is :func:`launches` (or a subset of its rows); ``nesting`` is :func:`range_nesting`.
+    Columns: ``range_id``, ``global_pid``, ``correlation_id``, ``op_start``, ``op_end``.
+    """
+    # Of ranges starting at the same instant on a thread the innermost; its ancestors hold the others.
+    starts = (nesting.sort("global_tid", "start_ns", "end_ns", "range_id", descending=[False, False, False, True])
+              .unique(["global_tid", "start_ns"], keep="first", maintain_order=True)
+              .select("global_tid", "start_ns", candidate="range_id")
+              .sort("start_ns"))
+    climbing = (launched.sort("call_start")
+                .join_asof(starts, left_on="call_start", right_on="start_ns", by="global_tid",
+                           strategy="backward", check_sortedness=False)
+                .drop("start_ns")
+                .filter(pl.col("candidate").is_not_null()))
+    ancestry = nesting.select(candidate="range_id", _start="start_ns", _end="end_ns", _parent="parent_id",
+                              _crossing="crossing")
+    found = []
+    while climbing.height:
+        climbing = climbing.join(ancestry, on="candidate", how="inner")
+        contains = (pl.col("_start") <= pl.col("call_start")) & (pl.col("_end") >= pl.col("call_end"))
+        found.append(climbing.filter(contains & ~pl.col("_crossing"))
+                     .select(pl.col("candidate").alias("range_id"), "global_pid", "correlation_id", "op_start",
+                             "op_end"))
+        climbing = (climbing.drop("candidate", "_start", "_end", "_crossing")
+                    .rename({"_parent": "candidate"})
+                    .filter(pl.col("candidate").is_not_null()))
+    crossing = nesting.filter(pl.col("crossing")).select("range_id", "global_tid", "start_ns", "end_ns")
+    if crossing.height:
+        found.append(launched.join(crossing, on="global_tid")
+                     .filter((pl.col("start_ns") <= pl.col("call_start")) & (pl.col("end_ns") >= pl.col("call_end")))
+                     .select(*PAIR_SCHEMA))
+    if not found:
+        return pl.DataFrame(schema=PAIR_SCHEMA)
+    return pl.concat([f.select(*PAIR_SCHEMA) for f in found])
