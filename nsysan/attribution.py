@@ -16,8 +16,7 @@ from nsysan import intervals
 from nsysan.load import Report
 from nsysan.sql import query
 
-PAIR_SCHEMA = {"range_id": pl.Int64, "global_pid": pl.Int64, "correlation_id": pl.Int64, "op_start": pl.Int64,
-               "op_end": pl.Int64}
+PAIR_SCHEMA = {"range_id": pl.Int64, "launch": pl.UInt32}
 
 
 def range_nesting(report: Report) -> pl.DataFrame:
@@ -37,26 +36,28 @@ def range_nesting(report: Report) -> pl.DataFrame:
 
 
 def launches(report: Report) -> pl.DataFrame:
-    """Every GPU op with its launching call: ``global_pid``, ``correlation_id``, ``global_tid``,
-    ``call_start``, ``call_end``, ``op_start``, ``op_end``."""
+    """Every GPU op with its launching call: ``correlation_id``, ``global_tid``, ``call_start``, ``call_end``,
+    ``op_start``, ``op_end``."""
     return report.frame(query("launches"))
 
 
 def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
-    """Every (range, op) pair where the op's launching call lies inside the range on the same thread.
+    """Every (range, launch) pair where the launching call lies inside the range on the same thread.
 
-    ``launched`` is :func:`launches` (or a subset of its rows); ``nesting`` is :func:`range_nesting`.
-    Columns: ``range_id``, ``global_pid``, ``correlation_id``, ``op_start``, ``op_end``.
+    ``launched`` holds ``global_tid``, ``call_start`` and ``call_end`` (e.g. :func:`launches`); ``nesting``
+    is :func:`range_nesting`. Columns: ``range_id`` and ``launch``, the row index into ``launched`` — only
+    indices travel through the climb, so memory stays proportional to the pairs, not to the op columns.
     """
+    calls = launched.select("global_tid", "call_start", "call_end").with_row_index("launch")
     # Of ranges starting at the same instant on a thread the innermost; its ancestors hold the others.
     starts = (nesting.sort("global_tid", "start_ns", "end_ns", "range_id", descending=[False, False, False, True])
               .unique(["global_tid", "start_ns"], keep="first", maintain_order=True)
               .select("global_tid", "start_ns", candidate="range_id")
               .sort("start_ns"))
-    climbing = (launched.sort("call_start")
+    climbing = (calls.sort("call_start")
                 .join_asof(starts, left_on="call_start", right_on="start_ns", by="global_tid",
                            strategy="backward", check_sortedness=False)
-                .drop("start_ns")
+                .select("launch", "call_start", "call_end", "candidate")
                 .filter(pl.col("candidate").is_not_null()))
     ancestry = nesting.select(candidate="range_id", _start="start_ns", _end="end_ns", _parent="parent_id",
                               _crossing="crossing")
@@ -64,17 +65,19 @@ def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame
     while climbing.height:
         climbing = climbing.join(ancestry, on="candidate", how="inner")
         contains = (pl.col("_start") <= pl.col("call_start")) & (pl.col("_end") >= pl.col("call_end"))
-        found.append(climbing.filter(contains & ~pl.col("_crossing"))
-                     .select(pl.col("candidate").alias("range_id"), "global_pid", "correlation_id", "op_start",
-                             "op_end"))
-        climbing = (climbing.drop("candidate", "_start", "_end", "_crossing")
-                    .rename({"_parent": "candidate"})
-                    .filter(pl.col("candidate").is_not_null()))
+        found.append(climbing.filter(contains & ~pl.col("_crossing")).select(range_id="candidate", launch="launch"))
+        climbing = climbing.select("launch", "call_start", "call_end", candidate="_parent").filter(
+            pl.col("candidate").is_not_null())
     crossing = nesting.filter(pl.col("crossing")).select("range_id", "global_tid", "start_ns", "end_ns")
     if crossing.height:
-        found.append(launched.join(crossing, on="global_tid")
+        found.append(calls.join(crossing, on="global_tid")
                      .filter((pl.col("start_ns") <= pl.col("call_start")) & (pl.col("end_ns") >= pl.col("call_end")))
-                     .select(*PAIR_SCHEMA))
+                     .select("range_id", "launch"))
     if not found:
         return pl.DataFrame(schema=PAIR_SCHEMA)
-    return pl.concat([f.select(*PAIR_SCHEMA) for f in found])
+    return pl.concat([f.cast(PAIR_SCHEMA) for f in found])
+
+
+def gather(launched: pl.DataFrame, pairs: pl.DataFrame, *columns: str) -> pl.DataFrame:
+    """``pairs`` with the chosen columns of the launch each pair points at."""
+    return pairs.with_columns(launched[c].gather(pairs["launch"]) for c in columns)

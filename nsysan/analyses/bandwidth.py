@@ -18,7 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nsysan.attribution import launch_ranges, launches, range_nesting
+from nsysan.attribution import gather, launch_ranges, launches, range_nesting
 from nsysan.collection import Collection
 from nsysan.errors import NsysanError
 from nsysan.load import Report
@@ -67,8 +67,10 @@ def op_stages(report: Report) -> pl.DataFrame:
     Same rule as the GPU projection of :func:`nsysan.range_trace`: the launching CUDA call lies inside the
     range on the same thread; of those ranges the deepest one is the stage."""
     nesting = range_nesting(report)
-    one_row_per_launch = launches(report).unique(["global_pid", "correlation_id"])
-    innermost = (launch_ranges(one_row_per_launch, nesting)
+    one_row_per_launch = launches(report).unique(["global_tid", "correlation_id"]).with_columns(
+        global_pid=pl.col("global_tid") - pl.col("global_tid") % (1 << 24))  # the thread id less its tid bits
+    innermost = (gather(one_row_per_launch, launch_ranges(one_row_per_launch, nesting), "global_pid",
+                        "correlation_id")
                  .join(nesting.select("range_id", "level", "start_ns"), on="range_id")
                  .sort("level", "start_ns", "range_id", descending=True)
                  .unique(["global_pid", "correlation_id"], keep="first"))

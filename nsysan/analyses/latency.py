@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.attribution import launch_ranges, launches, range_nesting
+from nsysan.attribution import gather, launch_ranges, launches, range_nesting
 from nsysan.errors import MissingDataError
 from nsysan.load import Report
 from nsysan.schema import CAPTURE_HINTS
@@ -70,7 +70,9 @@ def _has_gpu_trace(report: Report) -> bool:
 def _project(report: Report, nesting: pl.DataFrame) -> pl.DataFrame:
     """Projection of each range that launched GPU work: first op start, last op end - first op start,
     union of op intervals (busy), and distinct launches."""
-    pairs = launch_ranges(launches(report), nesting)
+    launched = launches(report)
+    pairs = gather(launched, launch_ranges(launched, nesting), "correlation_id", "op_start", "op_end")
+    del launched
     # Union length: each op adds what it covers beyond the furthest end of the ops that started before it.
     covered_until = pl.col("op_end").cum_max().shift(1).over("range_id")
     return (pairs.sort("range_id", "op_start", "op_end")

@@ -1,6 +1,6 @@
 -- Every GPU op with the CUDA API call that launched it: same correlationId, same process
 -- (the op's globalPid is the process part of the call's globalTid).
-SELECT op.global_pid, op.correlation_id, r.globalTid AS global_tid, r.start AS call_start, r."end" AS call_end,
+SELECT op.correlation_id, r.globalTid AS global_tid, r.start AS call_start, r."end" AS call_end,
        op.start_ns AS op_start, op.end_ns AS op_end
 FROM gpu_ops AS op
 JOIN raw.CUPTI_ACTIVITY_KIND_RUNTIME AS r
