@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from nsysan import api, cli_compare, cli_export, cli_gpu
+from nsysan import api, cli_compare, cli_export, cli_gpu, cli_run
 from nsysan.cli_common import (By, FormatOpt, Output, Paths, Sample, finish, keys_from, progress_bar, runs_from,
                                user_errors)
 from nsysan.errors import NsysanError
@@ -123,6 +123,7 @@ def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, out
 
 app.add_typer(cli_gpu.app)
 app.add_typer(cli_compare.app)
+app.add_typer(cli_run.app)
 app.command()(cli_export.export)
 app.command()(cli_export.doctor)
 

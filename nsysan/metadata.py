@@ -15,6 +15,9 @@ NAME_PATTERN = re.compile(
     r"^(?P<prefix>[A-Za-z]+)_gpu(?P<gpu>\d+)_numa(?P<numa>\d+)_(?P<model>vit\d+x\d+x\d+)(?:_(?P<variant>.+))?$")
 EXPORT_SUFFIXES = (".sqlite", "_pqtdir", ".nsys-rep", ".qdrep", ".meta.json")
 KEYS = ("model", "gpu", "numa", "variant")
+#: Sidecar fields that are outcomes measured by the run, not part of its configuration: runs that differ
+#: only in these are the same experiment (NUMA pairing and comparisons must not split on them).
+MEASURED_KEYS = ("samples_per_s",)
 
 
 def report_stem(path: Path) -> str:
@@ -49,5 +52,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
             raise NsysanError(f"{sidecar}: unreadable metadata sidecar ({e})") from None
         if not isinstance(data, dict):
             raise NsysanError(f"{sidecar}: metadata sidecar must hold a JSON object")
-        meta.update({k: v for k, v in data.items() if v is None or isinstance(v, (str, int, float, bool))})
+        # A null in the sidecar means "not recorded", so it never erases what the report name says.
+        meta.update({k: v for k, v in data.items()
+                     if isinstance(v, (str, int, float, bool)) or (v is None and k not in meta)})
     return meta

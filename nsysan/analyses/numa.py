@@ -19,6 +19,7 @@ import polars as pl
 
 from nsysan.analyses.compare import METRICS, Settings, compare_pairs, tag_columns
 from nsysan.errors import NsysanError
+from nsysan.metadata import MEASURED_KEYS
 
 LOCAL_KEY = "gpu_numa_node"
 NUMA_KEY = "numa"
@@ -82,7 +83,7 @@ def _local_node(members: pl.DataFrame, *, numa_key: str, local_key: str) -> tupl
 def pair_keys(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: str = LOCAL_KEY,
               ignore: Sequence[str] = ()) -> list[str]:
     """The metadata keys runs must share to be paired: every tag but ``report``, the NUMA node, the local
-    node and ``ignore``."""
+    node, measured outcomes (:data:`nsysan.metadata.MEASURED_KEYS`) and ``ignore``."""
     if numa_key not in samples.columns:
         raise NumaNotComparable(
             f"no NUMA node in the run metadata (report names pipeline_gpu{{G}}_numa{{N}}_... or a sidecar "
@@ -91,7 +92,7 @@ def pair_keys(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: str
     if unknown:
         raise NsysanError(f"unknown key(s) to ignore: {', '.join(unknown)}; keys here: "
                           f"{', '.join(tag_columns(samples))}")
-    skip = {"report", numa_key, local_key, *ignore}
+    skip = {"report", numa_key, local_key, *MEASURED_KEYS, *ignore}
     return [k for k in tag_columns(samples) if k not in skip]
 
 

@@ -144,6 +144,10 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
         _check_workload(study)
         runner = study_mod.Runner(study, nsys=nsys_info, message=message, argv=overrides, multirun=multirun)
         summary = runner.execute()
+        if fmt == "table":
+            typer.echo(_table(list(runner.records.values()), RESULT_COLUMNS, f"{summary['experiment']}: "
+                              f"{summary['counts']['ok']} of {summary['counts']['planned']} ok -> "
+                              f"{summary['study_dir']}"), nl=False)
         if study.cfg.get("analyze") and not runner.interrupted:
             from nsysan.runner.analyze import LATENCY_COLUMNS, analyze
 
@@ -162,11 +166,6 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
             break
     if fmt == "json":
         typer.echo(json.dumps([s for _, s in summaries], indent=1, default=str))
-    else:
-        for runner, summary in summaries:
-            rows = list(runner.records.values())
-            typer.echo(_table(rows, RESULT_COLUMNS, f"{summary['experiment']}: {summary['counts']['ok']} of "
-                              f"{summary['counts']['planned']} ok -> {summary['study_dir']}"), nl=False)
     for note in {n for _, s in summaries for n in s["notes"] if n.startswith("remote placement")}:
         message(note)
     if any(r.interrupted for r, _ in summaries):
@@ -213,6 +212,11 @@ def run(
 
     Example: nsysan run experiment=quick_test hardware=cpu test.num_samples=50 analyze=true
     """
+    try:
+        import hydra  # noqa: F401
+    except ImportError:
+        message("hydra-core is not installed: pip install 'hydra-core>=1.3,<1.4' (or put it on PYTHONPATH)")
+        raise typer.Exit(EXIT_USER_ERROR) from None
     try:
         if list_experiments:
             typer.echo("\n".join(experiments()))

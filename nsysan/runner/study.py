@@ -164,7 +164,11 @@ class Runner:
                 for number, run in enumerate(todo, 1):
                     self.say(f"[{number}/{len(todo)}] {run.name}: running"
                              + (f" (timeout {self.timeout(run):g} s)" if self.timeout(run) else ""))
-                    self.run_one(run)
+                    try:
+                        self.run_one(run)
+                    except Exception as e:  # a bug or a full disk in the runner itself: still only this run
+                        self.record(run, status=FAILED, reason=f"runner error: {type(e).__name__}: {e}",
+                                    finished=now(), seconds=self.records[run.name]["seconds"] or 0.0)
                     rec = self.records[run.name]
                     detail = (f", {rec['samples_per_s']} samples/s" if rec["status"] == OK and rec["samples_per_s"]
                               else f": {rec['reason']}" if rec["reason"] else "")
