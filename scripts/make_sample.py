@@ -3,6 +3,7 @@
 The exports are copied whole except for tables nsysan and the ``nsys stats`` reports we reconcile with
 never read (OS runtime trace, call chains, profiler overhead, ...), then vacuumed. The truth JSONs go to
 tests/fixtures/h100/. Run from the repository root:  python scripts/make_sample.py [SOURCE_DIR]
+To trim one export the same way:  python scripts/make_sample.py --trim SOURCE.sqlite TARGET.sqlite
 """
 from __future__ import annotations
 
@@ -16,22 +17,30 @@ DROP = ("OSRT_API", "OSRT_CALLCHAINS", "PROFILER_OVERHEAD", "CUPTI_ACTIVITY_KIND
         "ANALYSIS_FILE", "SCHED_EVENTS", "COMPOSITE_EVENTS", "SAMPLING_CALLCHAINS")
 
 
+def trim_export(export: Path, target: Path) -> None:
+    """Copy ``export`` to ``target`` without the tables in DROP, vacuumed; written under a temporary name."""
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(export, tmp)
+    con = sqlite3.connect(tmp)
+    for table in DROP:
+        con.execute(f'DROP TABLE IF EXISTS "{table}"')
+    con.commit()
+    con.execute("VACUUM")
+    con.close()
+    tmp.replace(target)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--trim":
+        trim_export(Path(sys.argv[2]), Path(sys.argv[3]))
+        return
     source = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/fixtures/h100")
     sample = Path("nsysan/sample")
     truth = Path("tests/fixtures/h100")
     truth.mkdir(parents=True, exist_ok=True)
     for export in sorted(source.glob("*.sqlite")):
         target = sample / export.name
-        tmp = target.with_suffix(".tmp")
-        shutil.copyfile(export, tmp)
-        con = sqlite3.connect(tmp)
-        for table in DROP:
-            con.execute(f'DROP TABLE IF EXISTS "{table}"')
-        con.commit()
-        con.execute("VACUUM")
-        con.close()
-        tmp.replace(target)
+        trim_export(export, target)
         shutil.copyfile(export.with_suffix(".truth.json"), truth / export.with_suffix(".truth.json").name)
         print(f"{target}: {target.stat().st_size / 1e6:.2f} MB (from {export.stat().st_size / 1e6:.2f} MB)")
 

@@ -10,6 +10,8 @@ counts are integers and must be equal, not close.
   ``nvtx_pushpop_trace`` vs range_trace's range_id / parent_id / level,
   ``cuda_gpu_kern_sum`` and ``cuda_gpu_kern_sum:base`` vs kernel_summary with demangled / short names
   (library and ``nsysan kernels --format csv``).
+* The same for a real GPU run of nsysan's own workload (tests/fixtures/gpu_run: ``nsysan run`` quick_test on
+  an H100, exported there by ``nsysan export``).
 * CPU captures of workloads/cpu_nvtx.py made live by conftest (no CUDA): ``nvtx_sum`` vs latency_summary,
   for the 2023.4 sqlite and parquetdir exports and the 2022.4 sqlite export.
 """
@@ -26,7 +28,8 @@ import pytest
 
 import nsysan
 
-SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
+GPU_RUN = sorted((Path(__file__).parent / "fixtures" / "gpu_run").glob("*.sqlite"))
+SAMPLES = {path.name.removesuffix(".sqlite"): path for path in [*nsysan.sample_paths(), *GPU_RUN]}
 H100_REPORTS = ("nvtx_gpu_proj_sum", "nvtx_sum", "nvtx_pushpop_trace", "cuda_gpu_kern_sum", "cuda_gpu_kern_sum:base")
 # Columns that hold names: read them as text whatever they look like.
 TEXT_COLUMNS = {"Range": pl.String, "Style": pl.String, "Name": pl.String, "RangeStack": pl.String,
@@ -71,7 +74,7 @@ def h100_traces() -> dict[str, pl.DataFrame]:
 
 
 def test_samples_present() -> None:
-    assert len(SAMPLES) == 5, sorted(SAMPLES)
+    assert len(GPU_RUN) == 1 and len(SAMPLES) == 6, sorted(SAMPLES)
 
 
 def assert_same_keys(nsys_keys: set, ours: set, what: str) -> None:
