@@ -6,7 +6,7 @@
 Each report is converted with ``nsys export --type sqlite`` (``<name>.sqlite``) and/or ``--type parquetdir``
 (``<name>_pqtdir/``, nsys's own default name), beside the report or mirrored under ``out_dir``.
 
-* **Incremental**: an export that exists, is complete (:func:`export_problem`) and is not older than its
+* **Incremental**: an export that exists, is complete (:func:`nsysan.export_check.export_problem`) and is not older than its
   report is left alone (status ``up-to-date``) unless ``force``.
 * **Atomic**: nsys writes to ``<output>.nsysan-<pid>-<random>.tmp`` in the output's folder; the file is checked
   and then renamed into place. On failure, timeout, Ctrl-C or SIGTERM the temporary is removed and nsys (run in
@@ -21,10 +21,8 @@ import re
 import secrets
 import shutil
 import signal
-import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -34,28 +32,19 @@ from typing import Any
 
 from nsysan import nsys_tool
 from nsysan.errors import NsysanError
+from nsysan.export_check import SQLITE_SIDE_FILES, ReportError, export_mtime_ns, export_problem, inspect_report
 from nsysan.nsys_tool import Nsys, NsysNotFoundError, NsysVersion
 
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
-REPORT_MAGIC = b"NVIDIA Tegra Profiler Report"
-SQLITE_MAGIC = b"SQLite format 3\x00"
-PARQUET_MAGIC = b"PAR1"
 TYPE_CHOICES = ("sqlite", "parquet", "both")
 #: nsys's name for each kind of export nsysan makes.
 NSYS_TYPE = {"sqlite": "sqlite", "parquet": "parquetdir"}
 PARQUET_SUFFIX = "_pqtdir"
 #: Export metadata tables: nsys 2023+ writes META_DATA_EXPORT, 2022.x EXPORT_META_DATA.
-META_TABLES = ("META_DATA_EXPORT", "EXPORT_META_DATA")
 #: The metadata key nsys writes when the export run finished (the time the export took).
-FINISHED_KEY = "EXPORT_TIME"
-SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")
 
 CONVERTED, UP_TO_DATE, FAILED, PLANNED = "converted", "up-to-date", "failed", "would-convert"
 STATUSES = (CONVERTED, UP_TO_DATE, PLANNED, FAILED)
-
-
-class ReportError(Exception):
-    """One report cannot be converted; the message is a one-line reason (without the report's path)."""
 
 
 class _Cancelled(BaseException):
@@ -125,141 +114,6 @@ def _remove(path: Path) -> None:
             Path(f"{path}{side}").unlink(missing_ok=True)
     except OSError:
         pass
-
-
-# -- checking reports and exports --------------------------------------------------------------------------------
-
-def inspect_report(report: Path) -> NsysVersion | None:
-    """Check that ``report`` can be read and looks like an nsys report; return the nsys version that wrote it
-    when its header names one (2023+; older reports write a format number). Raises :class:`ReportError`.
-
-    A file with an unknown binary header passes (nsys decides); empty, unreadable, text and SQLite files fail."""
-    try:
-        with report.open("rb") as f:
-            head = f.read(512)
-    except FileNotFoundError:
-        raise ReportError("no such file (a broken link?)") from None
-    except PermissionError:
-        raise ReportError("cannot read: permission denied") from None
-    except IsADirectoryError:
-        raise ReportError("is a folder, not a report file") from None
-    except OSError as e:
-        raise ReportError(f"cannot read: {e.strerror or e}") from None
-    if not head:
-        raise ReportError("empty file (0 bytes): the capture was not written completely; profile again")
-    if head.startswith(REPORT_MAGIC):
-        line = head[len(REPORT_MAGIC):].split(b"\n", 1)[0].decode("ascii", "replace")
-        return nsys_tool.parse_version(line)
-    if head.startswith(SQLITE_MAGIC):
-        raise ReportError("already an SQLite export, not an nsys report: read it with nsysan directly")
-    text = _as_text(head)
-    if text is not None:
-        first = text.strip().splitlines()[0] if text.strip() else ""
-        first = first if len(first) <= 40 else first[:37] + "..."
-        raise ReportError(f"not an nsys report: a text file (starts with {first!r})")
-    return None
-
-
-def _as_text(head: bytes) -> str | None:
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # not just a character cut in half at the end of the sample
-            return None
-        text = head[: e.start].decode("utf-8")
-    if all(ch in "\t\n\r\f" or unicodedata.category(ch)[0] != "C" for ch in text):
-        return text
-    return None
-
-
-def export_problem(path: Path, kind: str) -> str | None:
-    """Why the export at ``path`` is not complete, or None when it is. ``kind`` is "sqlite" or "parquet".
-
-    Checked, not assumed: an SQLite export must open read-only, be as long as its header says, have no
-    journal left by an interrupted writer and hold the export metadata table with the key nsys writes when the
-    export finished; a parquetdir export must hold that table too and only whole Parquet files."""
-    if not path.exists():
-        return "missing"
-    if kind == "sqlite":
-        return _sqlite_problem(path)
-    return _parquet_problem(path)
-
-
-def _sqlite_problem(path: Path) -> str | None:
-    from nsysan.load import _check_not_truncated
-    from nsysan.errors import NotAnExportError
-
-    if not path.is_file():
-        return "not a file"
-    for side in ("-journal", "-wal"):
-        if Path(f"{path}{side}").exists():
-            return f"a writer was interrupted (left {path.name}{side})"
-    try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        return f"cannot read it ({e.strerror or e})"
-    if head != SQLITE_MAGIC:
-        return "not an SQLite file" if head else "empty file"
-    try:
-        _check_not_truncated(path)
-    except NotAnExportError:
-        return "truncated SQLite file"
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            meta = next((t for t in META_TABLES if t in tables), None)
-            if meta is None:
-                return "no export metadata table (META_DATA_EXPORT): nsys did not finish writing it"
-            finished = con.execute(f'SELECT count(*) FROM "{meta}" WHERE name = ?', (FINISHED_KEY,)).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as e:
-        return f"damaged SQLite file ({e})"
-    if not finished:
-        return f"the export run did not finish ({meta} lacks {FINISHED_KEY})"
-    return None
-
-
-def _parquet_problem(path: Path) -> str | None:
-    if not path.is_dir():
-        return "not a folder"
-    meta = _parquet_meta(path)
-    if meta is None:
-        return "no export metadata table (META_DATA_EXPORT.parquet): nsys did not finish writing it"
-    for file in sorted(path.glob("*.parquet")):
-        try:
-            size = file.stat().st_size
-            with file.open("rb") as f:
-                head = f.read(4)
-                f.seek(max(size - 4, 0))
-                tail = f.read(4)
-        except OSError as e:
-            return f"cannot read {file.name} ({e.strerror or e})"
-        if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
-            return f"{file.name} is not a whole Parquet file"
-    try:
-        import pyarrow.parquet as pq
-
-        names = pq.read_table(meta, columns=["name"]).column("name").to_pylist()
-    except Exception as e:  # noqa: BLE001 - any reader error means the file is unusable
-        return f"cannot read {meta.name} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
-    if FINISHED_KEY not in names:
-        return f"the export run did not finish ({meta.name} lacks {FINISHED_KEY})"
-    return None
-
-
-def _parquet_meta(path: Path) -> Path | None:
-    return next((path / f"{t}.parquet" for t in META_TABLES if (path / f"{t}.parquet").is_file()), None)
-
-
-def export_mtime_ns(path: Path, kind: str) -> int:
-    """When an export was written: the SQLite file's time, or a parquetdir's metadata table's (nsys writes it last)."""
-    if kind == "parquet":
-        meta = _parquet_meta(path)
-        return (meta or path).stat().st_mtime_ns
-    return path.stat().st_mtime_ns
 
 
 # -- results -----------------------------------------------------------------------------------------------------
