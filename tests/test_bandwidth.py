@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -20,6 +18,7 @@ from typer.testing import CliRunner
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
+from support import nsys_stats
 from nsysan.analyses.bandwidth import bandwidth, bandwidth_summary, copy_size_histogram, copy_trace
 from nsysan.cli_gpu import app
 
@@ -233,21 +232,7 @@ def test_by_stage_without_nvtx_says_what_is_missing(tmp_path):
 # -- live reconciliation with nsys stats --------------------------------------------------------------------------
 def nsys_mem_stats(nsys: str, export: Path, folder: Path) -> dict[str, tuple[int, int, int]]:
     """{operation: (count, total bytes, total ns)} from nsys stats, bytes printed exactly (csv:mem=B)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / export.name
-    shutil.copyfile(export, source)  # nsys never touches the file under test
-    prefix = folder / "stats"
-    reports = ("cuda_gpu_mem_size_sum", "cuda_gpu_mem_time_sum")
-    args = [nsys, "stats", "-r", ",".join(reports), "--format", "csv:mem=B", "--force-overwrite", "true",
-            "-o", str(prefix), str(source)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    tables = {}
-    for report in reports:
-        csv = Path(f"{prefix}_{report}.csv")
-        if not csv.exists():
-            pytest.fail(f"nsys stats wrote no {csv.name} (exit {done.returncode}): {' '.join(args)}\n"
-                        f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-        tables[report] = pl.read_csv(csv, infer_schema_length=None)
+    tables = nsys_stats(nsys, export, ("cuda_gpu_mem_size_sum", "cuda_gpu_mem_time_sum"), folder, fmt="csv:mem=B")
     size, time = tables["cuda_gpu_mem_size_sum"], tables["cuda_gpu_mem_time_sum"]
     assert "Total (B)" in size.columns, size.columns  # bytes, not rounded MB
     sizes = {r["Operation"]: (r["Count"], r["Total (B)"]) for r in size.iter_rows(named=True)}

@@ -27,6 +27,7 @@ import nsysan
 from nsysan.cli_export import app
 from nsysan.errors import NsysanError
 from nsysan.export import ExportResult, export, export_problem, output_path, stale_temporaries
+from support import process_alive
 
 CLI = [sys.executable, "-m", "nsysan.cli_export"]
 
@@ -82,19 +83,13 @@ def temporaries(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if ".nsysan-" in p.name)
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def wait_dead(pid: int, seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
-    while alive(pid) and time.monotonic() < deadline:
+    while process_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not alive(pid)
+    return not process_alive(pid)
 
 
 # -- conversion ------------------------------------------------------------------------------------------------

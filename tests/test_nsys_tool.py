@@ -16,6 +16,7 @@ import pytest
 
 from nsysan import nsys_tool
 from nsysan.nsys_tool import NsysNotFoundError, find_nsys, parse_version
+from support import process_alive
 
 
 def fake_nsys(path: Path, version: str, *, parquet: bool = True) -> Path:
@@ -33,13 +34,6 @@ esac
     return path
 
 
-def alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 in a container may never reap orphans)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 @pytest.mark.parametrize(("text", "parts", "spelled"), [
@@ -154,9 +148,9 @@ def test_run_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
     assert time.monotonic() - start < 10
     grandchild = int(pidfile.read_text())
     deadline = time.monotonic() + 5
-    while alive(grandchild) and time.monotonic() < deadline:
+    while process_alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not alive(grandchild), "the sleep started by the command outlived the timeout"
+    assert not process_alive(grandchild), "the sleep started by the command outlived the timeout"
 
 
 def test_run_cancel_and_output(tmp_path: Path) -> None:

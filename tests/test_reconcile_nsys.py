@@ -18,7 +18,6 @@ counts are integers and must be equal, not close.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +26,7 @@ import polars as pl
 import pytest
 
 import nsysan
+from support import nsys_stats as run_nsys_stats
 
 GPU_RUN = sorted((Path(__file__).parent / "fixtures" / "gpu_run").glob("*.sqlite"))
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in [*nsysan.sample_paths(), *GPU_RUN]}
@@ -37,24 +37,8 @@ TEXT_COLUMNS = {"Range": pl.String, "Style": pl.String, "Name": pl.String, "Rang
 
 
 def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path) -> dict[str, pl.DataFrame]:
-    """Run ``nsys stats -r REPORTS --format csv`` on one SQLite export; return each report's table.
-
-    The export is copied into ``folder`` first so that nsys never touches the files under test."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / export.name
-    shutil.copyfile(export, source)
-    prefix = folder / "stats"
-    args = [nsys, "stats", "-r", ",".join(reports), "--format", "csv", "--force-overwrite", "true",
-            "-o", str(prefix), str(source)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    out = {}
-    for report in reports:
-        csv = Path(f"{prefix}_{report.replace(':', '_')}.csv")
-        if not csv.exists():
-            pytest.fail(f"nsys stats wrote no {csv.name} (exit {done.returncode}): {' '.join(args)}\n"
-                        f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-        out[report] = pl.read_csv(csv, schema_overrides=TEXT_COLUMNS, infer_schema_length=None)
-    return out
+    """``nsys stats`` tables of one export, with name columns read as text."""
+    return run_nsys_stats(nsys, export, reports, folder, schema_overrides=TEXT_COLUMNS)
 
 
 @pytest.fixture(scope="session")
