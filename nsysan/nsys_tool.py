@@ -116,7 +116,10 @@ class Completed:
 def last_message(output: str) -> str:
     lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", output)]
     lines = [line for line in lines if line and not re.match(r"^(Processing|Exporting) \d+ events", line)]
-    errors = [line for line in lines if re.search(r"error|fail|invalid|cannot|not found|denied", line, re.I)]
+    # Words in file paths (".../error_logs/...") are not messages: look at the text outside paths only.
+    errors = [line for line in lines
+              if re.search(r"\b(errors?|fail(s|ed|ing|ure)?|invalid|cannot|not found|denied)\b", re.sub(r"\S*/\S*", "", line),
+                           re.I)]
     chosen = (errors or lines or [""])[-1]
     chosen = re.sub(r"^(Exportation error|Error|ERROR):\s*", "", chosen).rstrip(".")
     return chosen if len(chosen) <= 300 else chosen[:297] + "..."

@@ -199,3 +199,11 @@ def test_last_message_skips_progress_lines() -> None:
     output = "Processing 4261 events: [1%    ]\rProcessing 4261 events: [100%]\nExportation error: Cannot read from stream.\n"
     assert nsys_tool.last_message(output) == "Cannot read from stream"
     assert nsys_tool.last_message("Generated:\n    /tmp/a.sqlite\n") == "/tmp/a.sqlite"
+
+
+def test_last_message_ignores_words_inside_paths():
+    from nsysan.nsys_tool import last_message
+
+    output = "ERROR: importer crashed\nSaved the log to /tmp/error_logs/failed_runs/x.log\n"
+    assert last_message(output) == "importer crashed"
+    assert last_message("Generated:\n    /data/errors/run.nsys-rep\n") == "/data/errors/run.nsys-rep"
