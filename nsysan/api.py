@@ -12,7 +12,6 @@ import polars as pl
 from nsysan.analyses.kernels import KernelNames, kernel_durations, kernel_summary
 from nsysan.analyses.latency import exclude_instances, latency_summary, merge_numbered_names, range_trace
 from nsysan.collection import Collection
-from nsysan.errors import NsysanError
 
 Progress = Callable[[Path], None] | None
 
@@ -34,7 +33,7 @@ def latency(runs: Collection, *, by: Sequence[str] = ("report",), exclude_within
                           merge_numbered=merge_numbered, progress=progress)
     if trace.is_empty():
         return trace
-    _check_keys(runs, by)
+    runs.check_keys(by)
     return latency_summary(trace, by=tuple(by))
 
 
@@ -44,11 +43,5 @@ def kernels(runs: Collection, *, by: Sequence[str] = ("report",), names: KernelN
     durations = runs.concat(lambda report: kernel_durations(report, names=names), progress)
     if durations.is_empty():
         return durations
-    _check_keys(runs, by)
+    runs.check_keys(by)
     return kernel_summary(durations, by=tuple(by))
-
-
-def _check_keys(runs: Collection, keys: Sequence[str]) -> None:
-    missing = [k for k in keys if k not in runs.tag_keys]
-    if missing:
-        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(runs.tag_keys)}")

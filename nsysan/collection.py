@@ -76,6 +76,13 @@ class Collection:
                 names[path] = str(path.resolve().relative_to(root)).removesuffix(".sqlite")
         return names
 
+    def check_keys(self, keys: Iterable[str]) -> None:
+        """Fail with one line when a grouping key is neither ``report`` nor a metadata key seen by
+        :meth:`concat`."""
+        missing = [k for k in keys if k not in self.tag_keys]
+        if missing:
+            raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(self.tag_keys)}")
+
     def metadata(self, path: Path) -> dict[str, Any]:
         return read_metadata(path)
 

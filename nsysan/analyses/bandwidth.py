@@ -20,7 +20,6 @@ import polars as pl
 
 from nsysan.attribution import gather, launch_ranges, launches, range_nesting
 from nsysan.collection import Collection
-from nsysan.errors import NsysanError
 from nsysan.load import Report
 from nsysan.sql import query
 
@@ -210,14 +209,7 @@ def bandwidth(runs: Collection, *, by: Sequence[str] = ("report",), by_stage: bo
                          progress)
     if copies.is_empty():
         return copies
-    check_keys(runs, by)
+    runs.check_keys(by)
     if histogram:
         return copy_size_histogram(copies, by=by, by_stage=by_stage, merge_numbered=merge_numbered)
     return bandwidth_summary(copies, by=by, by_stage=by_stage, tiny_bytes=tiny_bytes, merge_numbered=merge_numbered)
-
-
-def check_keys(runs: Collection, keys: Sequence[str]) -> None:
-    """Fail with one line when a grouping key is neither ``report`` nor a metadata key of ``runs``."""
-    missing = [k for k in keys if k not in runs.tag_keys]
-    if missing:
-        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(runs.tag_keys)}")

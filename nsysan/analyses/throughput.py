@@ -154,11 +154,10 @@ def throughput(runs: Collection, *, by: Sequence[str] = ("report",), pattern: st
                progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
     """Throughput of every report of ``runs`` grouped by ``by``; batch sizes from each run's metadata
     (sidecar ``<report>.meta.json``) unless ``batch_size`` is given."""
-    from nsysan.analyses.bandwidth import check_keys
 
     batches = runs.concat(lambda report: batch_trace(report, pattern=pattern, exclude_within=exclude_within),
                           progress)
     if batches.is_empty():
         return batches
-    check_keys(runs, by)
+    runs.check_keys(by)
     return throughput_summary(batches, by=by, batch_size=batch_size)

@@ -311,14 +311,13 @@ def utilization(runs: Collection, *, by: Sequence[str] = ("report",), window: st
                 progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
     """GPU utilization of every report of ``runs`` grouped by ``by``: the :func:`utilization_summary`, or
     with ``kernels=N`` the :func:`top_kernels` (N per group; 0 for all)."""
-    from nsysan.analyses.bandwidth import check_keys
 
     parts = runs.concat(lambda report: gpu_utilization(
         report, window=window, by_stream=by_stream, batch_pattern=batch_pattern, exclude_within=exclude_within,
         names=names), progress)
     if parts.is_empty():
         return parts
-    check_keys(runs, by)
+    runs.check_keys(by)
     if kernels is not None:
         return top_kernels(parts, by=by, top=kernels)
     return utilization_summary(parts, by=by, short_gap_ns=short_gap_ns, launch_gap_ns=launch_gap_ns)
