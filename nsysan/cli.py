@@ -50,7 +50,7 @@ def latency(
     Example: nsysan latency --by-model --sample --exclude-within 'warmup_*' --merge-numbered
     """
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
         with progress_bar(len(runs.paths)) as progress:
@@ -86,7 +86,7 @@ def kernels(
     with user_errors():
         if names not in ("demangled", "short", "mangled"):
             raise NsysanError(f"--names must be demangled, short or mangled, not {names!r}")
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = keys_from(by, ("report",))
         chosen = infer_format(fmt, output)
         with progress_bar(len(runs.paths)) as progress:
@@ -111,7 +111,7 @@ def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, out
     from nsysan.analyses.inventory import inventory
 
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         with progress_bar(len(runs.paths)) as progress:
             result = runs.concat(inventory, progress)
         if not result.is_empty():

@@ -15,7 +15,8 @@ import typer
 
 from nsysan.collection import Collection, collect
 from nsysan.errors import NsysanError
-from nsysan.render import FORMATS
+from nsysan.metadata import sidecar_path
+from nsysan.render import FORMATS, check_output
 from nsysan.sample import sample_paths
 
 EXIT_USER_ERROR = 1
@@ -44,13 +45,17 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USER_ERROR) from None
 
 
-def runs_from(paths: list[Path] | None, sample: bool) -> Collection:
+def runs_from(paths: list[Path] | None, sample: bool, output: Path | None = None) -> Collection:
+    """The exports to analyse; refuses, before anything is read, an ``output`` that would overwrite one
+    of them, their sidecars, or any nsys export."""
     chosen = list(paths or []) + (sample_paths() if sample else [])
     if not chosen:
         raise NsysanError("no input: give export paths or --sample")
     runs = collect(chosen)
     if not runs.paths:
         raise NsysanError(f"no nsys exports (.sqlite or parquetdir) found under {', '.join(map(str, chosen))}")
+    if output is not None:
+        check_output(output, [*chosen, *runs.paths, *map(sidecar_path, runs.paths)])
     return runs
 
 

@@ -121,7 +121,7 @@ def compare(
     Example: nsysan compare eager.sqlite compiled.sqlite --exclude-within 'warmup_*'
     """
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = list(keys_from(by, ("report",)))
         chosen = infer_format(fmt, output)
         spec = _baseline(baseline)
@@ -181,7 +181,7 @@ def numa(
     Example: nsysan numa outputs/numa_study --exclude-within 'warmup_*' --heatmap --metric gpu_proj_ms -o heat.csv
     """
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         chosen = infer_format(fmt, output)
         ignored = [k.strip() for k in (ignore or "").split(",") if k.strip()]
         with progress_bar(len(runs.paths)) as progress:

@@ -64,7 +64,7 @@ def bandwidth(
     Example: nsysan bandwidth --sample --by-stage
     """
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
         with progress_bar(len(runs.paths)) as progress:
@@ -120,7 +120,7 @@ def utilization(
     with user_errors():
         if names not in ("demangled", "short", "mangled"):
             raise NsysanError(f"--names must be short, demangled or mangled, not {names!r}")
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
         with progress_bar(len(runs.paths)) as progress:
@@ -168,7 +168,7 @@ def throughput(
     Example: nsysan throughput --sample --by-model
     """
     with user_errors():
-        runs = runs_from(paths, sample)
+        runs = runs_from(paths, sample, output)
         keys = keys_from(by, ("model", "variant") if by_model else ("report",))
         chosen = infer_format(fmt, output)
         with progress_bar(len(runs.paths)) as progress:

@@ -68,11 +68,38 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place, so a reader never sees a
-    half-written file and an earlier file survives a failed write."""
+#: First bytes of the files nsysan must never overwrite: nsys exports (SQLite) and nsys reports.
+_PROTECTED_MAGIC = (b"SQLite format 3\x00", b"NVIDIA Tegra Profiler Report")
+
+
+def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an output path that would destroy data: one of ``inputs`` (or a file inside an input folder),
+    an existing nsys export or report (SQLite or ``.nsys-rep`` by content, a parquetdir folder), or a folder."""
+    target = path.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if target == source or (source.is_dir() and source in target.parents):
+            raise NsysanError(f"{path}: is an input of this command; give another output file")
     if path.is_dir():
         raise NsysanError(f"{path}: is a directory; give a file name to write to")
+    if any(p.name.endswith("_pqtdir") or (p / "StringIds.parquet").exists() for p in (target.parent, *target.parents)):
+        raise NsysanError(f"{path}: lies inside an nsys parquetdir export; give another output file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(32)
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable or special: write_atomic replaces the name and reports what goes wrong
+    if head.startswith(_PROTECTED_MAGIC):
+        raise NsysanError(f"{path}: is an nsys export or report; nsysan never overwrites one (give another file)")
+
+
+def write_atomic(path: Path, data: bytes, *, inputs: Sequence[Path] = ()) -> None:
+    """Write to a temporary file beside ``path`` and rename it into place, so a reader never sees a
+    half-written file and an earlier file survives a failed write. Refuses paths that :func:`check_output`
+    refuses."""
+    check_output(path, inputs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -81,6 +108,8 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            # mkstemp makes the file private (0600); a file the user asked for gets the usual umask mode.
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -90,9 +119,16 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def emit(frame: pl.DataFrame, fmt: str, output: Path | None, *, title: str = "",
          table_columns: Sequence[str] | None = None) -> None:
-    """Write a result where the user asked: a file (atomically) or stdout."""
+    """Write a result where the user asked: a file (atomically, never over an input or an nsys export)
+    or stdout."""
     if fmt == "parquet" and output is None and sys.stdout.isatty():
         raise NsysanError("parquet output is binary: give -o FILE.parquet or redirect stdout")
     width = None if output is not None else _terminal_width()

@@ -324,3 +324,48 @@ def test_every_command_has_help_with_an_example():
         assert result.exit_code == 0, name
         examples = [line.strip() for line in result.stdout.splitlines() if "Example:" in line]
         assert examples and examples[0].startswith(f"Example: nsysan {name}"), (name, result.stdout)
+
+
+# -- outputs never destroy inputs ----------------------------------------------------------------------------
+
+def _bytes_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", ["kernels", "latency", "info", "bandwidth", "utilization", "compare"])
+def test_output_onto_the_input_export_is_refused_and_the_export_survives(command, tmp_path):
+    export = build_good(tmp_path / f"{GOOD}.sqlite")
+    before = _bytes_of(tmp_path)
+    result = invoke(command, export, "-o", export)
+    assert result.exit_code == 1
+    assert_one_line_error(result, export, "input")
+    assert _bytes_of(tmp_path) == before
+
+
+def test_output_onto_other_protected_files_is_refused(tmp_path):
+    export = build_good(tmp_path / f"{GOOD}.sqlite")
+    other = build_good(tmp_path / "other.sqlite")  # an nsys export that is not an input
+    sidecar = tmp_path / f"{GOOD}.meta.json"
+    sidecar.write_text('{"batch_size": 10}')
+    report = tmp_path / "run.nsys-rep"
+    report.write_bytes(b"NVIDIA Tegra Profiler Report 2025.3.1\n" + bytes(range(256)))
+    parquet = tmp_path / "run_pqtdir"
+    parquet.mkdir()
+    (parquet / "StringIds.parquet").write_bytes(b"PAR1")
+    before = _bytes_of(tmp_path)
+    for target, problem in [(other, "nsys export or report"), (report, "nsys export or report"),
+                            (sidecar, "input"), (parquet / "x.csv", "parquetdir"), (tmp_path / "../" / tmp_path.name /
+                                                                                   f"{GOOD}.sqlite", "input")]:
+        result = invoke("kernels", export, "-o", target)
+        assert result.exit_code == 1, target
+        assert_one_line_error(result, target, problem)
+    assert _bytes_of(tmp_path) == before
+
+
+def test_output_files_follow_the_umask(good, tmp_path):
+    old = os.umask(0o022)
+    try:
+        ok("info", good, "-o", tmp_path / "info.csv")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "info.csv").stat().st_mode & 0o777 == 0o644
