@@ -1,37 +1,49 @@
 """nsysan: answers from Nsight Systems profiles of GPU ML workloads.
 
     import nsysan
-    report = nsysan.open("run.sqlite")                  # one export (SQLite file or parquetdir folder)
-    trace = nsysan.range_trace(report)                  # one row per NVTX range instance
-    nsysan.latency_summary(trace.with_columns(report=pl.lit(report.name)))
+    result = nsysan.latency("outputs/", by=["model"])   # per-stage latency pooled per model
+    result.frame, result.failures, result.notes
+    report = nsysan.open("run.sqlite")                   # one export (SQLite file or parquetdir folder)
+    nsysan.latency_trace(report).frame                   # one row per NVTX range instance
 
-    runs = nsysan.collect(["outputs/"])                 # many exports with run metadata
-    nsysan.latency(runs, by=["model"], exclude_within="warmup_*")
+The public API is :mod:`nsysan.api` (docs/library.md). Importing nsysan is cheap: the analyses (and with
+them polars and DuckDB) load on first use, so the experiment runner works where only its own dependencies
+are installed.
 """
 from __future__ import annotations
 
-from nsysan.analyses.bandwidth import bandwidth, bandwidth_summary, copy_size_histogram, copy_trace, op_stages
-from nsysan.analyses.compare import compare, stage_samples
-from nsysan.analyses.kernels import kernel_durations, kernel_summary
-from nsysan.analyses.latency import exclude_instances, latency_summary, merge_numbered_names, range_trace
-from nsysan.analyses.numa import NumaNotComparable, numa_heatmap, numa_pairs, numa_penalty
-from nsysan.analyses.throughput import batch_trace, throughput, throughput_summary
-from nsysan.analyses.utilization import gpu_utilization, top_kernels, utilization, utilization_summary
-from nsysan.api import kernels, latency, latency_trace
-from nsysan.collection import Collection, collect, find_exports
-from nsysan.errors import MissingDataError, NotAnExportError, NsysanError
-from nsysan.export import ExportResult, export
-from nsysan.load import Report, open
-from nsysan.sample import sample_paths
+import importlib
+from typing import Any
 
-__version__ = "0.1.0"
+from nsysan.errors import MissingDataError, NotAnExportError, NsysanError, NsysanWarning
+
+__version__ = "0.2.0"
+
+_LAZY = {
+    **dict.fromkeys(("ANALYSES", "bandwidth", "collect", "compare", "copy_sizes", "info", "kernels", "latency",
+                     "latency_trace", "numa", "numa_heatmap", "open", "sample_paths", "throughput", "top_kernels",
+                     "utilization"), "nsysan.api"),
+    "Collection": "nsysan.collection", "Failure": "nsysan.collection",
+    "Report": "nsysan.load", "Result": "nsysan.engine", "Selection": "nsysan.selection",
+    "export": "nsysan.exporter", "ExportResult": "nsysan.exporter",
+}
 
 __all__ = [
-    "bandwidth", "bandwidth_summary", "batch_trace", "collect", "Collection", "compare",
-    "copy_size_histogram", "copy_trace", "exclude_instances", "export", "ExportResult", "find_exports",
-    "gpu_utilization", "kernel_durations", "kernel_summary", "kernels", "latency", "latency_summary",
-    "latency_trace", "merge_numbered_names", "MissingDataError", "NotAnExportError", "NsysanError",
-    "numa_heatmap", "numa_pairs", "numa_penalty", "NumaNotComparable", "op_stages", "open", "range_trace",
-    "Report", "sample_paths", "stage_samples", "throughput", "throughput_summary", "top_kernels",
-    "utilization", "utilization_summary",
+    "ANALYSES", "Collection", "ExportResult", "Failure", "MissingDataError", "NotAnExportError", "NsysanError",
+    "NsysanWarning", "Report", "Result", "Selection", "__version__", "bandwidth", "collect", "compare", "copy_sizes",
+    "export", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open", "sample_paths",
+    "throughput", "top_kernels", "utilization",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'nsysan' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

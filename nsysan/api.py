@@ -1,47 +1,250 @@
-"""Collection-level entry points: run an analysis over many reports and summarise with metadata keys.
+"""nsysan's library API: every analysis of many reports, one function each, all of one shape.
 
-These are what the CLI calls; each returns a tidy DataFrame (see the analysis modules for columns).
+    import nsysan
+    result = nsysan.latency("outputs/", by=["model"])      # paths, folders, a Collection or open Reports
+    result.frame                                            # the tidy polars DataFrame
+    result.failures, result.notes                           # reports that could not be read, and why; remarks
+
+Every function takes the reports first, then keyword-only options; ``by`` names the grouping keys
+(``report``, run metadata such as ``model`` or ``numa``, and per-row keys such as ``device_id``), checked
+before any report is read; ``select`` is the :class:`~nsysan.selection.Selection` of instances (default:
+warm-up left out, numbered ranges pooled; ``Selection.everything()`` keeps all, as ``nsys stats`` does).
+Each returns a :class:`~nsysan.engine.Result`. Column definitions and units are in docs/metrics.md and
+docs/library.md: times in integer ns (``_ns``) or ms (``_ms``), bandwidth in GB/s (``_gbps``), shares in %.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any, Literal
 
 import polars as pl
 
-from nsysan.analyses.kernels import KernelNames, kernel_durations, kernel_summary
-from nsysan.analyses.latency import exclude_instances, latency_summary, merge_numbered_names, range_trace
-from nsysan.collection import Collection
+from nsysan import defaults
+from nsysan.analyses import bandwidth as _bandwidth
+from nsysan.analyses import compare as _compare
+from nsysan.analyses import inventory as _inventory
+from nsysan.analyses import kernels as _kernels
+from nsysan.analyses import latency as _latency
+from nsysan.analyses import numa as _numa
+from nsysan.analyses import throughput as _throughput
+from nsysan.analyses import utilization as _utilization
+from nsysan.analyses.kernels import KernelNames
+from nsysan.collection import Collection, Failure, collect
+from nsysan.engine import Progress, Result, Runs, check_keys, inputs, pooled
+from nsysan.errors import NsysanError
+from nsysan.load import Report, open
+from nsysan.sample import sample_paths
+from nsysan.selection import DEFAULT, Selection
 
-Progress = Callable[[Path], None] | None
-
-
-def latency_trace(runs: Collection, *, exclude_within: str | Sequence[str] | None = None, skip_first: int = 0,
-                  merge_numbered: bool = False, progress: Progress = None) -> pl.DataFrame:
-    """Per-instance NVTX range trace of every report, tagged with ``report`` and metadata columns."""
-    trace = runs.concat(range_trace, progress)
-    if trace.is_empty():
-        return trace
-    trace = exclude_instances(trace, within=exclude_within, skip_first=skip_first)
-    return merge_numbered_names(trace) if merge_numbered else trace
-
-
-def latency(runs: Collection, *, by: Sequence[str] = ("report",), exclude_within: str | Sequence[str] | None = None,
-            skip_first: int = 0, merge_numbered: bool = False, progress: Progress = None) -> pl.DataFrame:
-    """Stage latency per range name, grouped by ``by`` (``report`` or metadata keys such as ``model``)."""
-    trace = latency_trace(runs, exclude_within=exclude_within, skip_first=skip_first,
-                          merge_numbered=merge_numbered, progress=progress)
-    if trace.is_empty():
-        return trace
-    runs.check_keys(by)
-    return latency_summary(trace, by=tuple(by))
+Keys = Sequence[str]
 
 
-def kernels(runs: Collection, *, by: Sequence[str] = ("report",), names: KernelNames = "demangled",
-            progress: Progress = None) -> pl.DataFrame:
-    """Kernel time per kernel name, grouped by ``by``."""
-    durations = runs.concat(lambda report: kernel_durations(report, names=names), progress)
-    if durations.is_empty():
-        return durations
-    runs.check_keys(by)
-    return kernel_summary(durations, by=tuple(by))
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise NsysanError(message)
+
+
+def _by(by: Keys) -> tuple[str, ...]:
+    _check(not isinstance(by, str), f"by takes a sequence of keys, e.g. by=[{by!r}], not the string {by!r}")
+    return tuple(by)
+
+
+def _names(names: str) -> KernelNames:
+    _check(names in _kernels.KERNEL_NAMES, f"names must be one of {', '.join(_kernels.KERNEL_NAMES)}, not {names!r}")
+    return names  # type: ignore[return-value]
+
+
+# -- stage latency ------------------------------------------------------------------------------------------
+def latency_trace(runs: Runs, *, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """One row per NVTX range instance that ``select`` keeps, with its CPU time and the GPU work it launched
+    (names as recorded). Columns: those of :func:`nsysan.analyses.latency.range_trace`, ``report`` and run
+    metadata."""
+    return pooled(runs, partial(_latency.instances, select=select), by=(), progress=progress)
+
+
+def latency(runs: Runs, *, by: Keys = ("report",), select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """Stage latency: per range name within each ``by`` group, CPU time and projected GPU time statistics
+    over the selected instances (:func:`nsysan.analyses.latency.latency_summary` columns). GPU projection
+    follows ``nsys stats -r nvtx_gpu_proj_sum``."""
+    by = _by(by)
+    return pooled(runs, partial(_latency.instances, select=select),
+                  pool=partial(_latency.latency_summary, by=by, select=select), by=by,
+                  row_keys=_latency.ROW_KEYS, progress=progress)
+
+
+# -- kernels and copies ---------------------------------------------------------------------------------------
+def kernels(runs: Runs, *, by: Keys = ("report",), names: str = "demangled", select: Selection = DEFAULT,
+            progress: Progress = None) -> Result:
+    """Time per kernel name within each ``by`` group, as ``nsys stats -r cuda_gpu_kern_sum`` counts it, for
+    the kernels ``select`` keeps (:func:`nsysan.analyses.kernels.kernel_summary` columns). ``names``:
+    demangled | short | mangled."""
+    by = _by(by)
+    return pooled(runs, partial(_kernels.kernel_durations, names=_names(names), select=select),
+                  pool=partial(_kernels.kernel_summary, by=by), by=by, row_keys=_kernels.ROW_KEYS,
+                  progress=progress)
+
+
+def _copies(runs: Runs, *, by: tuple[str, ...], by_stage: bool, include_memset: bool, select: Selection,
+            pool: Any, progress: Progress) -> Result:
+    return pooled(runs, partial(_bandwidth.copy_trace, include_memset=include_memset, by_stage=by_stage,
+                                select=select),
+                  pool=pool, by=by, row_keys=_bandwidth.ROW_KEYS, progress=progress)
+
+
+def bandwidth(runs: Runs, *, by: Keys = ("report",), by_stage: bool = False, include_memset: bool = True,
+              tiny_bytes: int = defaults.TINY_BYTES, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """Copy bandwidth per direction and memory kinds within each ``by`` group (and NVTX stage with
+    ``by_stage``), with flags for what looks wrong (:func:`nsysan.analyses.bandwidth.bandwidth_summary`
+    columns). ``bandwidth_gbps`` = bytes / summed copy time, as nsys counts them."""
+    by = _by(by)
+    _check(isinstance(tiny_bytes, int) and tiny_bytes > 0, f"tiny_bytes must be a positive integer, not {tiny_bytes!r}")
+    pool = partial(_bandwidth.bandwidth_summary, by=by, by_stage=by_stage, tiny_bytes=tiny_bytes, select=select)
+    return _copies(runs, by=by, by_stage=by_stage, include_memset=include_memset, select=select, pool=pool,
+                   progress=progress)
+
+
+def copy_sizes(runs: Runs, *, by: Keys = ("report",), by_stage: bool = False, include_memset: bool = True,
+               select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """Copy sizes in power-of-two buckets per direction and memory kinds within each ``by`` group
+    (:func:`nsysan.analyses.bandwidth.copy_size_histogram` columns)."""
+    by = _by(by)
+    pool = partial(_bandwidth.copy_size_histogram, by=by, by_stage=by_stage, select=select)
+    return _copies(runs, by=by, by_stage=by_stage, include_memset=include_memset, select=select, pool=pool,
+                   progress=progress)
+
+
+# -- GPU utilization ------------------------------------------------------------------------------------------
+def _utilization_parts(runs: Runs, *, by: tuple[str, ...], window: str, by_stream: bool, names: str,
+                       select: Selection, pool: Any, progress: Progress) -> Result:
+    _check(isinstance(window, str) and bool(window), "window must be capture, batches or an NVTX range name/glob")
+    return pooled(runs, partial(_utilization.gpu_utilization, window=window, by_stream=by_stream, select=select,
+                                names=_names(names)),
+                  pool=pool, by=by, row_keys=_utilization.ROW_KEYS, progress=progress)
+
+
+def utilization(runs: Runs, *, by: Keys = ("report",), window: str = "capture", by_stream: bool = False,
+                names: str = "short", short_gap_ns: int = defaults.SHORT_GAP_NS,
+                launch_gap_ns: int = defaults.LAUNCH_GAP_NS, select: Selection = DEFAULT,
+                progress: Progress = None) -> Result:
+    """GPU busy and idle time over a window per GPU (and stream with ``by_stream``) within each ``by`` group:
+    busy time is a union of op intervals, never a sum; idle gaps; launch-bound or not
+    (:func:`nsysan.analyses.utilization.utilization_summary` columns). ``window``: ``capture``, ``batches``
+    (the measured batches) or an NVTX range name or glob (its selected instances)."""
+    by = _by(by)
+    _check(short_gap_ns >= 0 and launch_gap_ns >= 0, "gap thresholds must be >= 0 ns")
+    pool = partial(_utilization.utilization_summary, by=by, short_gap_ns=short_gap_ns, launch_gap_ns=launch_gap_ns)
+    return _utilization_parts(runs, by=by, window=window, by_stream=by_stream, names=names, select=select, pool=pool,
+                              progress=progress)
+
+
+def top_kernels(runs: Runs, *, by: Keys = ("report",), window: str = "capture", by_stream: bool = False,
+                names: str = "short", top: int = 10, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """The ``top`` kernels by time inside the window per GPU (and stream) within each ``by`` group, with
+    their share of the kernel busy time (:func:`nsysan.analyses.utilization.top_kernels` columns; 0: all)."""
+    by = _by(by)
+    _check(isinstance(top, int) and top >= 0, f"top must be a whole number >= 0, not {top!r}")
+    pool = partial(_utilization.top_kernels, by=by, top=top)
+    return _utilization_parts(runs, by=by, window=window, by_stream=by_stream, names=names, select=select, pool=pool,
+                              progress=progress)
+
+
+# -- throughput ----------------------------------------------------------------------------------------------
+def throughput(runs: Runs, *, by: Keys = ("report",), batch_size: int | None = None, select: Selection = DEFAULT,
+               progress: Progress = None) -> Result:
+    """Samples/s and batch latency over the measured batches within each ``by`` group; batch sizes from each
+    run's metadata unless ``batch_size`` is given (:func:`nsysan.analyses.throughput.throughput_summary`
+    columns). A group whose batch size is unknown gets a note and no samples/s."""
+    by = _by(by)
+    _check(batch_size is None or (isinstance(batch_size, int) and batch_size > 0),
+           f"batch_size must be a positive integer, not {batch_size!r}")
+    result = pooled(runs, partial(_throughput.batch_trace, select=select),
+                    pool=partial(_throughput.throughput_summary, by=by, batch_size=batch_size), by=by,
+                    row_keys=_throughput.ROW_KEYS, progress=progress)
+    if result.frame.is_empty():
+        return result
+    notes = [f"{', '.join(f'{k}={row[k]}' for k in by)}: {row['note']}; samples/s not computed"
+             for row in result.frame.filter(pl.col("note").is_not_null()).iter_rows(named=True)]
+    return result.with_frame(result.frame, *notes)
+
+
+# -- comparisons ----------------------------------------------------------------------------------------------
+def _settings(**options: Any) -> _compare.Settings:
+    return _compare.Settings(**options)
+
+
+def compare(runs: Runs, *, by: Keys = ("report",), baseline: Mapping[str, Any] | None = None,
+            select: Selection = DEFAULT, confidence: float = defaults.CONFIDENCE,
+            resamples: int = defaults.RESAMPLES, seed: int = defaults.SEED, block: int | Literal["auto"] = "auto",
+            adjust: Literal["bonferroni", "none"] = "bonferroni", min_effect_pct: float = defaults.MIN_EFFECT_PCT,
+            min_instances: int = defaults.MIN_INSTANCES, progress: Progress = None) -> Result:
+    """Every group of ``by`` against its baseline group, per stage and metric: value, ratio, seeded bootstrap
+    CI and a verdict (:func:`nsysan.analyses.compare.compare_groups` columns). ``baseline`` names values of
+    some ``by`` keys (``{"numa": 0}``); without it the first group is the baseline."""
+    by = _by(by)
+    settings = _settings(confidence=confidence, resamples=resamples, seed=seed, block=block, adjust=adjust,
+                         min_effect_pct=min_effect_pct, min_instances=min_instances)
+    unknown = [k for k in baseline or {} if k not in by]
+    _check(not unknown, f"baseline key(s) {', '.join(unknown)} must be among the grouping keys ({', '.join(by)})")
+    result = pooled(runs, partial(_compare.stage_observations, select=select),
+                    pool=partial(_compare.compare_groups, by=by, baseline=baseline, settings=settings), by=by,
+                    row_keys=_compare.ROW_KEYS, progress=progress)
+    frame = result.frame
+    if not frame.is_empty() and frame.select(by).unique().height < 2:
+        return result.with_frame(frame, f"only one group ({', '.join(by)}): nothing to compare with")
+    return result
+
+
+def numa(runs: Runs, *, local_key: str = _numa.LOCAL_KEY, ignore: Keys = (), select: Selection = DEFAULT,
+         confidence: float = defaults.CONFIDENCE, resamples: int = defaults.RESAMPLES, seed: int = defaults.SEED,
+         block: int | Literal["auto"] = "auto", adjust: Literal["bonferroni", "none"] = "bonferroni",
+         min_effect_pct: float = defaults.MIN_EFFECT_PCT, min_instances: int = defaults.MIN_INSTANCES,
+         progress: Progress = None) -> Result:
+    """NUMA penalty (remote node / local node - 1) per model and stage with bootstrap CIs, most
+    NUMA-sensitive first (:func:`nsysan.analyses.numa.numa_penalty` columns). Runs that share every
+    metadata key but the NUMA node are paired. When the runs cannot show a penalty (one node, no pair) the
+    frame is empty and a note says why."""
+    ignore = _by(ignore)
+    settings = _settings(confidence=confidence, resamples=resamples, seed=seed, block=block, adjust=adjust,
+                         min_effect_pct=min_effect_pct, min_instances=min_instances)
+    found = inputs(runs)
+    check_keys(ignore, found.collection)
+    samples = pooled(found, partial(_compare.stage_observations, select=select), by=(), progress=progress)
+    if samples.frame.is_empty():
+        return samples
+    try:
+        penalty = _numa.numa_penalty(samples.frame, local_key=local_key, ignore=ignore, settings=settings)
+    except _numa.NumaNotComparable as e:
+        return samples.with_frame(pl.DataFrame(), str(e))
+    layout = _numa.numa_pairs(samples.frame, local_key=local_key, ignore=ignore)
+    notes = []
+    if (layout["local_basis"] == _numa.ASSUMED_LOWEST).any():
+        notes.append(f"no {local_key} in the run metadata of some groups: the lowest NUMA node of each such group "
+                     "is taken as local (see the local_basis column)")
+    notes += [f"{report} not paired: {note}" for report, note in
+              layout.filter(pl.col("role") == "unpaired").select("report", "note").iter_rows()]
+    return samples.with_frame(penalty, *notes)
+
+
+def numa_heatmap(penalty: Result | pl.DataFrame, *, metric: str = "range_ms", statistic: str = "mean",
+                 direction: str | None = None) -> pl.DataFrame:
+    """The :func:`numa` penalty as a heatmap-ready frame: one row per pair group and remote node, one column
+    per stage (:func:`nsysan.analyses.numa.numa_heatmap`)."""
+    frame = penalty.frame if isinstance(penalty, Result) else penalty
+    return _numa.numa_heatmap(frame, metric=metric, statistic=statistic, direction=direction)
+
+
+# -- what the exports hold --------------------------------------------------------------------------------------
+def info(runs: Runs, *, progress: Progress = None) -> Result:
+    """One row per report: nsys version, export schema, and how many ranges, kernels, copies, memsets, CUDA
+    calls and GPUs it holds (:func:`nsysan.analyses.inventory.inventory` columns)."""
+    return pooled(runs, _inventory.inventory, by=(), progress=progress)
+
+
+#: The many-report analyses, by name: what the command line, the report and the contract tests run over.
+ANALYSES = {f.__name__: f for f in (latency_trace, latency, kernels, bandwidth, copy_sizes, utilization, top_kernels,
+                                     throughput, compare, numa, info)}
+
+__all__ = ["ANALYSES", "Collection", "Failure", "Report", "Result", "Selection", "bandwidth", "collect", "compare",
+           "copy_sizes", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open",
+           "sample_paths", "throughput", "top_kernels", "utilization"]

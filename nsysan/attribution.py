@@ -13,12 +13,14 @@ import numpy as np
 import polars as pl
 
 from nsysan import intervals
-from nsysan.load import Report
+from nsysan.load import Report, derived
+from nsysan.selection import DEFAULT, Selection, names_matching, warmup_ranges
 from nsysan.sql import query
 
 PAIR_SCHEMA = {"range_id": pl.Int64, "launch": pl.UInt32}
 
 
+@derived
 def range_nesting(report: Report) -> pl.DataFrame:
     """Ranges that end on the thread that started them, with how they nest: ``range_id``, ``global_tid``,
     ``start_ns``, ``end_ns``, ``parent_id`` (null for outermost), ``level``, ``crossing``."""
@@ -35,10 +37,17 @@ def range_nesting(report: Report) -> pl.DataFrame:
     )
 
 
+@derived
 def launches(report: Report) -> pl.DataFrame:
     """Every GPU op with its launching call: ``correlation_id``, ``global_tid``, ``call_start``, ``call_end``,
     ``op_start``, ``op_end``."""
     return report.frame(query("launches"))
+
+
+@derived
+def launch_pairs(report: Report) -> pl.DataFrame:
+    """:func:`launch_ranges` of every op of the report (indices into :func:`launches`)."""
+    return launch_ranges(launches(report), range_nesting(report))
 
 
 def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
@@ -81,3 +90,34 @@ def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame
 def gather(launched: pl.DataFrame, pairs: pl.DataFrame, *columns: str) -> pl.DataFrame:
     """``pairs`` with the chosen columns of the launch each pair points at."""
     return pairs.with_columns(launched[c].gather(pairs["launch"]) for c in columns)
+
+
+@derived
+def op_stages(report: Report) -> pl.DataFrame:
+    """The innermost NVTX range that launched each GPU op: ``global_pid``, ``correlation_id``,
+    ``stage_range_id``. Ops launched outside every range are absent.
+
+    Same rule as the GPU projection of ranges: the launching CUDA call lies inside the range on the same
+    thread; of those ranges the deepest one is the stage."""
+    launched = launches(report)
+    nesting = range_nesting(report)
+    pairs = gather(launched, launch_pairs(report), "global_tid", "correlation_id")
+    return (pairs.with_columns(global_pid=pl.col("global_tid") - pl.col("global_tid") % (1 << 24))
+            .join(nesting.select("range_id", "level", "start_ns"), on="range_id")
+            .sort("level", "start_ns", "range_id", descending=True)
+            .unique(["global_pid", "correlation_id"], keep="first")
+            .select("global_pid", "correlation_id", stage_range_id="range_id"))
+
+
+def kept_ops(report: Report, ops: pl.DataFrame, select: Selection = DEFAULT) -> pl.DataFrame:
+    """The rows of ``ops`` (GPU ops with ``global_pid`` and ``correlation_id``) that ``select`` keeps: ops
+    launched inside a warm-up range (rule 1 of :mod:`nsysan.selection`, same-thread rule) are left out."""
+    if not select.exclude_within or not report.has("NVTX_EVENTS") or not report.has("CUPTI_ACTIVITY_KIND_RUNTIME"):
+        return ops
+    ranges = report.frame("SELECT range_id, name AS range FROM nvtx_ranges WHERE same_thread")
+    if not names_matching(ranges["range"], select.exclude_within):
+        return ops
+    trace = ranges.join(range_nesting(report).select("range_id", "parent_id"), on="range_id")
+    warm = warmup_ranges(trace, select.exclude_within)
+    staged = op_stages(report).join(warm, left_on="stage_range_id", right_on="range_id", how="semi")
+    return ops.join(staged.select("global_pid", "correlation_id"), on=["global_pid", "correlation_id"], how="anti")

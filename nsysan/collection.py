@@ -1,24 +1,21 @@
-"""Many reports at once: finding exports under paths, opening them, and keeping each one's metadata.
+"""Many reports at once: finding exports under paths, naming them, and reading each one's run metadata.
 
-Opening is lazy and failures are collected rather than raised, so a batch analysis goes on past a bad
-file and reports it at the end.
+A :class:`Collection` is immutable: analysing it never changes it, and what went wrong travels in each
+result (:class:`nsysan.engine.Result`). Metadata (report names and sidecars) is read before any report is
+opened, so that a grouping key no report has is refused at once.
 """
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
-
-import polars as pl
+from typing import Any
 
 from nsysan.errors import NsysanError
-from nsysan.load import Report
 from nsysan.metadata import read_metadata, report_stem
-
-T = TypeVar("T")
 
 
 def _is_parquet_export(folder: Path) -> bool:
@@ -48,26 +45,34 @@ def find_exports(paths: Iterable[str | Path]) -> list[Path]:
     return [p for p in found if p.suffix == ".sqlite" or (p.parent, report_stem(p)) not in sqlite_reports]
 
 
-@dataclass
+@dataclass(frozen=True)
 class Failure:
+    """A report that could not be read or analysed, and why (one line that names the file)."""
+
     path: Path
     reason: str
 
+    def __str__(self) -> str:
+        return self.reason
 
-@dataclass
+
+@dataclass(frozen=True)
 class Collection:
     """Exports to analyse together, each with run metadata (model, gpu, numa, variant, sidecar fields)."""
 
-    paths: list[Path]
-    failures: list[Failure] = field(default_factory=list)
-    #: Columns :meth:`concat` tags rows with: ``report`` and every metadata key seen.
-    tag_keys: list[str] = field(default_factory=lambda: ["report"])
+    paths: tuple[Path, ...]
 
-    @property
-    def report_names(self) -> dict[Path, str]:
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @cached_property
+    def names(self) -> dict[Path, str]:
         """How each report is named in outputs: its file name, or, where file names clash, its path
         relative to the folder the clashing reports share (``gpu0/run``, ``gpu1/run``)."""
-        names = {path: Report.display_name(path) for path in self.paths}
+        names = {path: report_stem(path) for path in self.paths}
         counts = Counter(names.values())
         clashing = [p for p in self.paths if counts[names[p]] > 1]
         if clashing:
@@ -76,58 +81,28 @@ class Collection:
                 names[path] = str(path.resolve().relative_to(root)).removesuffix(".sqlite")
         return names
 
-    def check_keys(self, keys: Iterable[str]) -> None:
-        """Fail with one line when a grouping key is neither ``report`` nor a metadata key seen by
-        :meth:`concat`."""
-        missing = [k for k in keys if k not in self.tag_keys]
-        if missing:
-            raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(self.tag_keys)}")
-
-    def metadata(self, path: Path) -> dict[str, Any]:
-        return read_metadata(path)
-
-    def map(self, analysis: Callable[[Report], T],
-            progress: Callable[[Path], None] | None = None) -> Iterator[tuple[Path, dict[str, Any], T]]:
-        """Open each report in turn and apply ``analysis``; failures are recorded in :attr:`failures`."""
+    @cached_property
+    def metadata(self) -> dict[Path, dict[str, Any] | Failure]:
+        """Each report's run metadata, or the :class:`Failure` of reading its sidecar."""
+        out: dict[Path, dict[str, Any] | Failure] = {}
         for path in self.paths:
             try:
-                meta = self.metadata(path)
-                with Report(path) as report:
-                    result = analysis(report)
+                out[path] = read_metadata(path)
             except NsysanError as e:
-                self.failures.append(Failure(path, str(e)))
-            else:
-                yield path, meta, result
-            finally:
-                if progress:
-                    progress(path)
+                out[path] = Failure(path, str(e))
+        return out
 
-    def concat(self, analysis: Callable[[Report], pl.DataFrame],
-               progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
-        """Apply a frame-returning analysis to every report and stack the results, each row tagged with
-        ``report`` and the report's metadata columns."""
-        frames = []
-        names = self.report_names
-        for path, meta, frame in self.map(analysis, progress):
-            tags = {"report": names[path], **meta}
-            self.tag_keys.extend(k for k in tags if k not in self.tag_keys)
-            frames.append(frame.with_columns(
-                [pl.lit(value, dtype=_literal_type(value)).alias(key) for key, value in tags.items()]))
-        if not frames:
-            return pl.DataFrame()
-        return pl.concat(frames, how="diagonal_relaxed")
+    @cached_property
+    def keys(self) -> tuple[str, ...]:
+        """``report`` and every metadata key of any report, in order of first appearance."""
+        keys = {"report": None}
+        for meta in self.metadata.values():
+            if isinstance(meta, dict):
+                keys.update(dict.fromkeys(meta))
+        return tuple(keys)
 
 
-def _literal_type(value: Any) -> pl.DataType:
-    if isinstance(value, bool):
-        return pl.Boolean()
-    if isinstance(value, int):
-        return pl.Int64()
-    if isinstance(value, float):
-        return pl.Float64()
-    return pl.String()
-
-
-def collect(paths: Iterable[str | Path]) -> Collection:
+def collect(paths: str | Path | Iterable[str | Path]) -> Collection:
     """A :class:`Collection` of every export found under ``paths`` (files or folders)."""
-    return Collection(find_exports(paths))
+    chosen = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    return Collection(tuple(find_exports(chosen)))

@@ -7,14 +7,13 @@ the CLI); ``missing`` an optional tool is absent; ``warn`` it works with a limit
 Checked: Python and package versions; DuckDB's sqlite scanner and reading a bundled sample with
 :func:`nsysan.open`; nsys (path, version, every other nsys found), its importer (QdstrmImporter present and
 running, or with ``deep=True`` a real round trip: profile ``/bin/true``, export, read) and whether it exports
-parquetdir; GPUs (``nvidia-smi``); NUMA nodes (``numactl --hardware``, else sysfs) and each GPU's NUMA node
-(``/sys/bus/pci/devices/<bus>/numa_node``).
+parquetdir; GPUs, NUMA nodes and each GPU's NUMA node exactly as the experiment runner finds them
+(:func:`nsysan.host.discover`: nvidia-smi and sysfs), and numactl.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from nsysan import nsys_tool
+from nsysan import host, nsys_tool
 from nsysan.nsys_tool import Nsys, NsysNotFoundError
 
 OK, WARN, MISSING, FAIL = "ok", "warn", "missing", "fail"
@@ -54,11 +53,7 @@ def doctor(nsys: str | Path | None = None, *, deep: bool = False, environ: Mappi
     environ = os.environ if environ is None else environ
     checks = [python_check(), *package_checks(), *duckdb_checks()]
     checks += nsys_checks(nsys, deep=deep, environ=environ, globs=nsys_globs)
-    gpu_checks, buses = gpus(environ)
-    checks += gpu_checks
-    checks += numa_checks(environ, Path(sysfs))
-    checks += gpu_numa_checks(buses, Path(sysfs))
-    return checks
+    return checks + machine_checks(environ, Path(sysfs))
 
 
 # -- Python side -------------------------------------------------------------------------------------------------
@@ -172,7 +167,7 @@ def importer_check(tool: Nsys) -> Check:
         return Check("nsys importer", MISSING, f"no QdstrmImporter beside {tool.path}: nsys profile cannot write "
                      "reports (exporting existing reports still works)", "reinstall Nsight Systems (host package)")
     try:
-        done = nsys_tool.run([importer, "--version"], timeout=TOOL_TIMEOUT_S)
+        done = host.run([importer, "--version"], timeout=TOOL_TIMEOUT_S)
     except OSError as e:
         return Check("nsys importer", FAIL, f"{importer} cannot run: {e.strerror or e}", "reinstall Nsight Systems")
     if done.returncode != 0 or done.timed_out:
@@ -200,7 +195,7 @@ def round_trip_check(tool: Nsys) -> Check:
                              report.with_suffix(".sqlite"), report]),
         )
         for what, args in steps:
-            done = nsys_tool.run(args, timeout=DEEP_TIMEOUT_S)
+            done = host.run(args, timeout=DEEP_TIMEOUT_S)
             if done.returncode != 0 or done.timed_out:
                 why = "timed out" if done.timed_out else f"exit {done.returncode}"
                 return Check("nsys round trip", FAIL, f"{what} failed ({why}): {done.message()}",
@@ -221,79 +216,37 @@ def round_trip_check(tool: Nsys) -> Check:
 
 # -- GPUs and NUMA ---------------------------------------------------------------------------------------------
 
-def _which(name: str, environ: Mapping[str, str]) -> str | None:
-    return shutil.which(name, path=environ.get("PATH", ""))
+def machine_checks(environ: Mapping[str, str] | None = None, sysfs: Path = host.SYSFS) -> list[Check]:
+    """GPUs, numactl, NUMA nodes and each GPU's NUMA node, as the experiment runner sees them
+    (:func:`nsysan.host.discover`), saying plainly when remote-node penalties cannot be measured here."""
+    machine = host.discover(environ=environ, sysfs=sysfs, ask_torch=False)
+    return [*gpu_checks(machine), *numa_checks(machine), *gpu_numa_checks(machine)]
 
 
-def gpus(environ: Mapping[str, str] | None = None) -> tuple[list[Check], list[tuple[str, str]]]:
-    """One check per GPU from nvidia-smi, and (index, PCI bus id) of each GPU."""
-    environ = os.environ if environ is None else environ
-    smi = _which("nvidia-smi", environ)
-    if smi is None:
-        return [Check("GPUs", MISSING, "nvidia-smi not found: no NVIDIA driver on this machine",
-                      "install the NVIDIA driver to profile GPU work (CPU captures and all analyses work without)")], []
-    done = nsys_tool.run([smi, "--query-gpu=index,name,pci.bus_id,driver_version,memory.total",
-                          "--format=csv,noheader"], timeout=TOOL_TIMEOUT_S, env=environ)
-    if done.returncode != 0 or done.timed_out:
-        return [Check("GPUs", WARN, f"nvidia-smi failed (exit {done.returncode}): {done.message()}",
-                      "check the NVIDIA driver (nvidia-smi should list the GPUs)")], []
-    checks, buses = [], []
-    for line in done.stdout.splitlines():
-        fields = [f.strip() for f in line.split(",")]
-        if len(fields) < 5 or not fields[0].isdigit():
-            continue
-        index, name, bus, driver, memory = fields[:5]
-        checks.append(Check(f"GPU {index}", OK, f"{name}, PCI {bus}, driver {driver}, {memory}"))
-        buses.append((index, bus))
-    if not checks:
-        return [Check("GPUs", WARN, "nvidia-smi lists no GPU", "check the NVIDIA driver and the GPUs visible here")], []
-    return checks, buses
+def gpu_checks(machine: host.Machine) -> list[Check]:
+    if machine.gpus is None:
+        if "not found" in machine.gpu_source:
+            return [Check("GPUs", MISSING, "nvidia-smi not found: no NVIDIA driver on this machine",
+                          "install the NVIDIA driver to profile GPU work (CPU captures and all analyses work "
+                          "without)")]
+        return [Check("GPUs", WARN, f"GPUs not listed: {machine.gpu_source}",
+                      "check the NVIDIA driver (nvidia-smi should list the GPUs)")]
+    if not machine.gpus:
+        return [Check("GPUs", WARN, "nvidia-smi lists no GPU", "check the NVIDIA driver and the GPUs visible here")]
+    return [Check(f"GPU {g.index}", OK, f"{g.name}, PCI {g.bus_id}, driver {g.driver}, {g.memory}")
+            for g in machine.gpus]
 
 
-def _node_list(text: str) -> list[int]:
-    nodes = []
-    for part in text.replace(" ", "").split(","):
-        if "-" in part:
-            low, high = part.split("-", 1)
-            nodes += range(int(low), int(high) + 1)
-        elif part.isdigit():
-            nodes.append(int(part))
-    return nodes
-
-
-def numa_checks(environ: Mapping[str, str] | None = None, sysfs: Path = Path("/sys")) -> list[Check]:
-    """numactl's view of the NUMA nodes (sysfs when numactl is missing), saying plainly when there is one."""
-    environ = os.environ if environ is None else environ
-    out = []
-    nodes: list[int] | None = None
-    detail = ""
-    numactl = _which("numactl", environ)
-    if numactl is None:
-        out.append(Check("numactl", MISSING, "numactl not found: cannot pin runs to a NUMA node",
-                         "apt-get install numactl (or your distribution's numactl package)"))
-    else:
-        done = nsys_tool.run([numactl, "--hardware"], timeout=TOOL_TIMEOUT_S, env=environ)
-        found = re.search(r"available:\s*(\d+)\s*nodes?\s*\(([^)]*)\)", done.stdout)
-        if done.returncode != 0 or not found:
-            out.append(Check("numactl", WARN, f"numactl --hardware failed (exit {done.returncode}): {done.message()}",
-                             "the kernel may lack NUMA support; check /sys/devices/system/node"))
-        else:
-            out.append(Check("numactl", OK, numactl))
-            nodes = _node_list(found[2]) or list(range(int(found[1])))
-            cpus = dict(re.findall(r"node (\d+) cpus:[ \t]*([^\n]*)", done.stdout))
-            sizes = dict(re.findall(r"node (\d+) size:\s*(\d+ \w+)", done.stdout))
-            detail = "; ".join(f"node {n}: cpus {_cpu_ranges(cpus.get(str(n), ''))}, {sizes.get(str(n), '? MB')}"
-                               for n in nodes)
-    if nodes is None:
-        node_dir = sysfs / "devices" / "system" / "node"
-        found_nodes = sorted(int(p.name[4:]) for p in node_dir.glob("node[0-9]*")) if node_dir.is_dir() else []
-        if not found_nodes:
-            out.append(Check("NUMA nodes", WARN, f"unknown (no numactl and no {node_dir})",
-                             "apt-get install numactl"))
-            return out
-        nodes = found_nodes
-        detail = f"from {node_dir}: " + ", ".join(f"node {n}" for n in nodes)
-    if len(nodes) == 1:
+def numa_checks(machine: host.Machine) -> list[Check]:
+    out = [Check("numactl", OK, machine.numactl) if machine.numactl else
+           Check("numactl", MISSING, "numactl not found: cannot pin runs to a NUMA node",
+                 "apt-get install numactl (or your distribution's numactl package)")]
+    nodes = machine.numa_nodes
+    detail = "; ".join(f"node {n}: cpus {machine.node_cpus.get(n) or 'none'}" for n in nodes)
+    if not machine.numa_known:
+        out.append(Check("NUMA nodes", WARN, "unknown: sysfs shows no NUMA nodes (a kernel without NUMA support, "
+                         "or /sys not visible here); one node assumed", "run on the host to see the NUMA layout"))
+    elif len(nodes) == 1:
         out.append(Check("NUMA nodes", WARN, f"only one NUMA node ({detail}): remote-node penalties cannot be "
                          "measured on this machine", "run NUMA experiments on a multi-socket machine"))
     else:
@@ -301,46 +254,16 @@ def numa_checks(environ: Mapping[str, str] | None = None, sysfs: Path = Path("/s
     return out
 
 
-def _cpu_ranges(cpus: str) -> str:
-    """``0 1 2 3 8 9`` -> ``0-3,8-9``."""
-    numbers = sorted(int(c) for c in cpus.split() if c.isdigit())
-    if not numbers:
-        return "none"
-    spans, start, prev = [], numbers[0], numbers[0]
-    for n in numbers[1:] + [None]:  # type: ignore[list-item]
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        spans.append(f"{start}-{prev}" if prev != start else f"{start}")
-        if n is not None:
-            start = prev = n
-    return ",".join(spans)
-
-
-def sysfs_bus_id(bus: str) -> str:
-    """nvidia-smi's ``00000000:1B:00.0`` as sysfs names it: ``0000:1b:00.0``."""
-    parts = bus.strip().lower().split(":")
-    if len(parts) == 3:
-        parts[0] = parts[0][-4:].rjust(4, "0")
-    return ":".join(parts)
-
-
-def gpu_numa_checks(buses: Sequence[tuple[str, str]], sysfs: Path = Path("/sys")) -> list[Check]:
-    """Each GPU's NUMA node from sysfs (-1: the firmware reports none, as in most VMs and one-socket machines)."""
+def gpu_numa_checks(machine: host.Machine) -> list[Check]:
+    """Each GPU's NUMA node from sysfs (none: the firmware reports -1, as in most VMs and one-socket machines)."""
     out = []
-    for index, bus in buses:
-        path = sysfs / "bus" / "pci" / "devices" / sysfs_bus_id(bus) / "numa_node"
-        try:
-            node = int(path.read_text().strip())
-        except (OSError, ValueError) as e:
-            out.append(Check(f"GPU {index} NUMA node", MISSING, f"cannot read {path} ({_first_line(e)})",
-                             "run on the host (not in a container without /sys) to see GPU-NUMA affinity"))
-            continue
-        if node < 0:
-            out.append(Check(f"GPU {index} NUMA node", WARN, f"none reported ({path} = {node}): a VM or a one-node "
-                             "machine; GPU-NUMA affinity is unknown", "use `nvidia-smi topo -m` on the host"))
+    for g in machine.gpus or []:
+        if g.numa_node is None:
+            out.append(Check(f"GPU {g.index} NUMA node", WARN, f"none reported by sysfs for PCI {g.bus_id} (-1 or "
+                             "unreadable: a VM, a one-node machine or a container without /sys); GPU-NUMA affinity "
+                             "is unknown", "use `nvidia-smi topo -m` on the host"))
         else:
-            out.append(Check(f"GPU {index} NUMA node", OK, f"node {node} ({path})"))
+            out.append(Check(f"GPU {g.index} NUMA node", OK, f"node {g.numa_node} (PCI {g.bus_id})"))
     return out
 
 

@@ -81,8 +81,8 @@ def export_problem(path: Path, kind: str) -> str | None:
 
 
 def _sqlite_problem(path: Path) -> str | None:
-    from nsysan.load import _check_not_truncated
     from nsysan.errors import NotAnExportError
+    from nsysan.load import _check_not_truncated
 
     if not path.is_file():
         return "not a file"

@@ -1,6 +1,13 @@
-"""Pure interval maths on integer nanoseconds: unions, and how ranges on one thread nest.
+"""Pure interval maths on integer nanoseconds: the only interval code in nsysan.
 
-Kept free of I/O and of DuckDB so that it can be property-tested on its own.
+Intervals are half-open, [start, end). A *span set* is a pair of int64 arrays (starts, ends), sorted and
+disjoint, as :func:`merge` returns it; the functions below that take one expect that shape. Kept free of I/O
+so that it can be property-tested on its own (tests/test_intervals.py).
+
+* :func:`merge`, :func:`union_length`, :func:`length`, :func:`intersect`, :func:`covers`: unions of intervals;
+* :func:`clipped_lengths`, :func:`overlaps`, :func:`gaps`: intervals seen through a window (a span set);
+* :func:`union_piece`: the same union as a polars expression, for unions per group inside a query;
+* :func:`nest`: how ranges on one thread contain each other.
 """
 from __future__ import annotations
 
@@ -8,37 +15,116 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import polars as pl
+
+Spans = tuple[np.ndarray, np.ndarray]
+
+
+def _arrays(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> Spans:
+    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
+
+
+def empty() -> Spans:
+    return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+
+
+def merge(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> Spans:
+    """The union of the intervals as a span set: sorted, disjoint, empty intervals dropped, touching
+    intervals joined."""
+    s, e = _arrays(starts, ends)
+    keep = e > s
+    s, e = s[keep], e[keep]
+    if s.size == 0:
+        return s, e
+    order = np.lexsort((e, s))
+    s, e = s[order], e[order]
+    reach = np.maximum.accumulate(e)
+    first = np.empty(s.size, dtype=bool)
+    first[0] = True
+    first[1:] = s[1:] > reach[:-1]
+    heads = np.flatnonzero(first)
+    return s[heads], np.maximum.reduceat(e, heads)
+
+
+def length(spans: Spans) -> int:
+    """Total length of a span set."""
+    return int((spans[1] - spans[0]).sum())
 
 
 def union_length(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> int:
-    """Length of the union of the half-open intervals [start, end): time covered at least once.
-
-    Overlaps count once, so the result never exceeds the sum of the lengths nor the hull
-    (last end - first start).
-    """
-    s = np.asarray(starts, dtype=np.int64)
-    e = np.asarray(ends, dtype=np.int64)
-    if s.size == 0:
-        return 0
-    order = np.lexsort((e, s))
-    s, e = s[order], e[order]
-    covered_until = np.maximum.accumulate(e)
-    previous = np.concatenate(([s[0]], covered_until[:-1]))
-    return int(np.maximum(0, e - np.maximum(s, previous)).sum())
+    """Time covered at least once by the intervals: overlaps count once, so the result never exceeds the sum
+    of the lengths nor the hull (last end - first start)."""
+    return length(merge(starts, ends))
 
 
-def merge(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> list[tuple[int, int]]:
-    """The union as disjoint, sorted intervals (touching intervals are joined)."""
-    pairs = sorted(zip(np.asarray(starts).tolist(), np.asarray(ends).tolist()))
-    out: list[tuple[int, int]] = []
-    for s, e in pairs:
-        if e <= s:
-            continue
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
+def covers(spans: Spans, points: np.ndarray) -> np.ndarray:
+    """Whether each point lies inside the span set."""
+    starts, ends = spans
+    if starts.size == 0:
+        return np.zeros(np.shape(points), dtype=bool)
+    i = np.searchsorted(starts, points, side="right") - 1
+    return (i >= 0) & (ends[np.maximum(i, 0)] > points)
+
+
+def intersect(a: Spans, b: Spans) -> Spans:
+    """Intersection of two span sets, as a span set."""
+    if a[0].size == 0 or b[0].size == 0:
+        return empty()
+    points = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
+    left, right = points[:-1], points[1:]
+    inside = covers(a, left) & covers(b, left)
+    return merge(left[inside], right[inside])
+
+
+def clipped_lengths(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray, window: Spans) -> np.ndarray:
+    """Length of each interval inside the window, vectorised (each interval on its own: overlaps between the
+    intervals are not merged)."""
+    ws, we = window
+    s, e = _arrays(starts, ends)
+    if ws.size == 0:
+        return np.zeros(s.size, dtype=np.int64)
+    before = np.concatenate(([0], np.cumsum(we - ws)))  # window time before window interval i
+
+    def window_time_until(t: np.ndarray) -> np.ndarray:
+        i = np.searchsorted(ws, t, side="right") - 1
+        j = np.maximum(i, 0)
+        inside = np.clip(t - ws[j], 0, we[j] - ws[j])
+        return np.where(i >= 0, before[j] + inside, 0)
+
+    return np.maximum(0, window_time_until(e) - window_time_until(s))
+
+
+def overlaps(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray, window: Spans) -> np.ndarray:
+    """Whether each interval shares time with the window; a zero-length interval counts when it lies inside
+    the window (an op that took no measurable time still ran there)."""
+    ws, we = window
+    s, e = _arrays(starts, ends)
+    if ws.size == 0:
+        return np.zeros(s.size, dtype=bool)
+    i = np.searchsorted(ws, np.maximum(e, s + 1), side="left") - 1  # last window interval starting before the end
+    j = np.maximum(i, 0)
+    return (i >= 0) & (we[j] > s)
+
+
+def gaps(busy: Spans, window: Spans) -> np.ndarray:
+    """Idle stretches between consecutive busy spans that lie in the same window interval (time before the
+    first busy span and after the last one of a window interval is idle, but not a gap)."""
+    bs, be = busy
+    if bs.size < 2:
+        return np.zeros(0, dtype=np.int64)
+    which = np.searchsorted(window[0], bs, side="right") - 1
+    same = which[1:] == which[:-1]
+    return (bs[1:] - be[:-1])[same]
+
+
+def union_piece(start: str, end: str, over: Sequence[str] = ()) -> pl.Expr:
+    """Per row, the time its interval adds to the union of the intervals of earlier rows of its group.
+
+    Rows must be sorted by ``start`` (then ``end``) within each group of ``over``; summed per group, the
+    pieces are the length of the group's union (what :func:`union_length` gives), computed inside a query."""
+    reach = pl.col(end).cum_max().shift(1)
+    reach = reach.over(list(over)) if over else reach
+    return (pl.col(end) - pl.max_horizontal(pl.col(start), reach.fill_null(pl.col(start)))).clip(lower_bound=0)
 
 
 @dataclass(frozen=True)
@@ -87,17 +173,3 @@ def nest(threads: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Nesting:
                 crossing[i] = crossing[j] = True
         stack.append(i)
     return Nesting(parent=parent, level=level, crossing=crossing)
-
-
-def ancestors(parent: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every (range, ancestor-or-self) pair of a parent array, as two aligned index arrays."""
-    child_idx: list[int] = []
-    ancestor_idx: list[int] = []
-    parents = parent.tolist()
-    for i in range(len(parents)):
-        j = i
-        while j != -1:
-            child_idx.append(i)
-            ancestor_idx.append(j)
-            j = parents[j]
-    return np.asarray(child_idx, dtype=np.int64), np.asarray(ancestor_idx, dtype=np.int64)

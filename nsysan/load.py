@@ -7,22 +7,27 @@ the main schema (``nvtx_ranges``, ``kernels``, ``memcpy``, ``memset``, ``gpu_ops
 """
 from __future__ import annotations
 
+import functools
 import shutil
 import sqlite3
 import tempfile
+from collections.abc import Callable
 from functools import cache, cached_property
 from pathlib import Path
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
 
 from nsysan import schema
 from nsysan.errors import MissingDataError, NotAnExportError
+from nsysan.metadata import report_stem
 from nsysan.sql import query
 
 TIDY_VIEWS = ("nvtx_ranges", "gpu_ops", "kernels", "memcpy", "memset", "runtime", "gpus", "threads",
               "processes", "session")
 SQLITE_MAGIC = b"SQLite format 3\x00"
+T = TypeVar("T")
 
 
 @cache
@@ -96,7 +101,8 @@ class Report:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.name = self.display_name(self.path)
+        self.name = report_stem(self.path)
+        self._derived: dict[tuple, Any] = {}
         self._con = duckdb.connect(config={"threads": 2})
         # DuckDB draws a progress bar on stderr for long queries, over our own.
         self._con.execute("SET enable_progress_bar = false")
@@ -152,11 +158,6 @@ class Report:
                 select = ["CAST(NULL AS BIGINT) AS _row"] + [f'CAST(NULL AS {t}) AS "{c}"' for c, t in columns.items()]
                 self._con.execute(f'CREATE VIEW raw."{table}" AS SELECT {", ".join(select)} WHERE false')
 
-    @staticmethod
-    def display_name(path: Path) -> str:
-        """How reports are named in outputs: the file name without ``.sqlite`` (or the parquet folder's name)."""
-        return path.name.removesuffix(".sqlite").removesuffix("_pqtdir")
-
     # -- what the export holds ---------------------------------------------------------------------------
     def has(self, table: str) -> bool:
         """Whether the export holds the nsys table ``table`` (nsys creates tables only when it has data)."""
@@ -199,6 +200,7 @@ class Report:
         self._con.register(name, frame)
 
     def close(self) -> None:
+        self._derived.clear()
         self._con.close()
 
     def __enter__(self) -> Report:
@@ -209,6 +211,24 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report({str(self.path)!r})"
+
+
+def derived(compute: Callable[..., T]) -> Callable[..., T]:
+    """Compute ``compute(report, **options)`` once per open report and options (a memo on the report).
+
+    Derived tables that several analyses share (range nesting, launches, which ranges launched each op) are
+    then read once per report however many analyses of one call need them. Options must be hashable."""
+    name = f"{compute.__module__}.{compute.__qualname__}"
+
+    @functools.wraps(compute)
+    def once(report: Report, **options: Any) -> T:
+        key = (name, tuple(sorted(options.items())))
+        memo = report._derived
+        if key not in memo:
+            memo[key] = compute(report, **options)
+        return memo[key]
+
+    return once
 
 
 def _sql_string(text: str) -> str:

@@ -21,7 +21,8 @@ MEASURED_KEYS = ("samples_per_s",)
 
 
 def report_stem(path: Path) -> str:
-    """The report's name without export suffixes: ``a/b/run.sqlite`` -> ``run``."""
+    """The report's name without export suffixes: ``a/b/run.sqlite`` -> ``run``; also how reports are named in
+    outputs."""
     name = path.name
     for suffix in EXPORT_SUFFIXES:
         name = name.removesuffix(suffix)

@@ -9,8 +9,8 @@ Where nsys is looked for, in order of precedence:
    ``/usr/lib/nsight-systems``, the nsys bundled in Nsight Compute) and nsysan's own cache
    (``~/.cache/nsysan/nsys-*/target-linux-x64/nsys``, written by ``scripts/install-nsys``).
 
-nsys runs in a new session (its own process group), so that a timeout, a cancel or Ctrl-C can kill it together
-with every child it started, and a terminal's Ctrl-C does not reach it before nsysan has decided what to do.
+nsys runs through :func:`nsysan.host.run`: in a new session, so that a timeout, a cancel or Ctrl-C stops it
+together with every child it started, and a terminal's Ctrl-C does not reach it before nsysan has decided.
 """
 from __future__ import annotations
 
@@ -18,16 +18,12 @@ import glob
 import os
 import re
 import shutil
-import signal
-import subprocess
-import tempfile
-import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from nsysan.errors import NsysanError
+from nsysan.host import run
 
 NSYS_ENV = "NSYS"
 #: Install folders searched for nsys (besides PATH and nsysan's cache), as glob patterns.
@@ -44,8 +40,6 @@ INSTALL_GLOBS: tuple[str, ...] = (
 INSTALL_HINT = ("install Nsight Systems (https://developer.nvidia.com/nsight-systems) or run scripts/install-nsys, "
                 "then put nsys on PATH, set NSYS=/path/to/nsys or pass --nsys PATH")
 VERSION_TIMEOUT_S = 60.0
-#: Seconds between SIGTERM and SIGKILL when nsys has to be stopped.
-KILL_GRACE_S = 2.0
 
 
 class NsysNotFoundError(NsysanError):
@@ -82,120 +76,6 @@ def parse_version(text: str) -> NsysVersion | None:
     numbers = tuple(int(g) for g in found.groups()[:4] if g is not None)
     spelled = ".".join(map(str, numbers)) + (f"-{found[5]}" if found[5] else "")
     return NsysVersion(numbers, spelled)
-
-
-# -- running nsys ----------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Completed:
-    """How an nsys run ended. ``returncode`` is negative (-signal) when it was killed by a signal."""
-
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    timed_out: bool = False
-    cancelled: bool = False
-
-    @property
-    def killed_by(self) -> str | None:
-        """Name of the signal that ended nsys (SIGKILL, ...), when one did and nsysan did not send it."""
-        if self.returncode >= 0 or self.timed_out or self.cancelled:
-            return None
-        try:
-            return signal.Signals(-self.returncode).name
-        except ValueError:
-            return f"signal {-self.returncode}"
-
-    def message(self) -> str:
-        """nsys's own explanation as one line: its last error line, else the last line it printed."""
-        return last_message(self.stderr + "\n" + self.stdout)
-
-
-def last_message(output: str) -> str:
-    lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", output)]
-    lines = [line for line in lines if line and not re.match(r"^(Processing|Exporting) \d+ events", line)]
-    # Words in file paths (".../error_logs/...") are not messages: look at the text outside paths only.
-    errors = [line for line in lines
-              if re.search(r"\b(errors?|fail(s|ed|ing|ure)?|invalid|cannot|not found|denied)\b", re.sub(r"\S*/\S*", "", line),
-                           re.I)]
-    chosen = (errors or lines or [""])[-1]
-    chosen = re.sub(r"^(Exportation error|Error|ERROR):\s*", "", chosen).rstrip(".")
-    return chosen if len(chosen) <= 300 else chosen[:297] + "..."
-
-
-_LIVE: set[subprocess.Popen] = set()
-_LIVE_LOCK = threading.Lock()
-
-
-def run(args: Sequence[str | os.PathLike], *, timeout: float | None = None,
-        cancel: threading.Event | None = None, env: Mapping[str, str] | None = None) -> Completed:
-    """Run a command in its own process group and wait for it; kill the whole group on timeout or when
-    ``cancel`` is set (checked every 0.1 s). Output is collected through files, so nothing blocks on a pipe.
-
-    Never raises for the command's own failure; raises OSError when it cannot be started."""
-    argv = tuple(str(a) for a in args)
-    start = time.monotonic()
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        with _LIVE_LOCK:
-            if cancel is not None and cancel.is_set():
-                return Completed(argv, -signal.SIGTERM, "", "", 0.0, cancelled=True)
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
-                                    env=dict(env) if env is not None else None)
-            _LIVE.add(proc)
-        timed_out = cancelled = False
-        try:
-            while True:
-                try:
-                    proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    pass
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
-                elif timeout is not None and time.monotonic() - start > timeout:
-                    timed_out = True
-                if cancelled or timed_out:
-                    stop(proc, grace=0.5 if cancelled else KILL_GRACE_S)
-                    break
-        except BaseException:
-            stop(proc)
-            raise
-        finally:
-            with _LIVE_LOCK:
-                _LIVE.discard(proc)
-        out.seek(0)
-        err.seek(0)
-        return Completed(argv, proc.returncode, out.read().decode(errors="replace"),
-                         err.read().decode(errors="replace"), time.monotonic() - start, timed_out, cancelled)
-
-
-def stop(proc: subprocess.Popen, grace: float = KILL_GRACE_S) -> None:
-    """Stop a process started by :func:`run` and everything in its process group: SIGTERM, then SIGKILL."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # The leader is gone; take down anything it left in its group.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return
-
-
-def stop_all() -> None:
-    """Stop every process :func:`run` is waiting on (used on Ctrl-C)."""
-    with _LIVE_LOCK:
-        live = list(_LIVE)
-    for proc in live:
-        stop(proc, grace=0.5)
 
 
 # -- finding nsys ------------------------------------------------------------------------------------------------

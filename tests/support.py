@@ -1,4 +1,4 @@
-"""Helpers several test modules share: running nsys stats live, and checking on processes."""
+"""Helpers several test modules share: running nsys stats live."""
 from __future__ import annotations
 
 import shutil
@@ -29,12 +29,3 @@ def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path, 
                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         out[report] = pl.read_csv(csv, schema_overrides=schema_overrides, infer_schema_length=None)
     return out
-
-
-def process_alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie (PID 1 in a container may never reap orphans)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-    return state not in ("Z", "X")

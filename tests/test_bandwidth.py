@@ -19,13 +19,16 @@ from typer.testing import CliRunner
 import nsysan
 from builders import MAIN_TID, ExportBuilder
 from support import nsys_stats
-from nsysan.analyses.bandwidth import bandwidth, bandwidth_summary, copy_size_histogram, copy_trace
-from nsysan.cli_gpu import app
+from nsysan.analyses.bandwidth import bandwidth_summary, copy_size_histogram, copy_trace
+from nsysan.cli import app
+from nsysan.selection import Selection
 
 FIXTURES = Path(__file__).parent / "fixtures" / "h100"
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
 PAGEABLE, PINNED, DEVICE = 0, 1, 2  # ENUM_CUDA_MEM_KIND ids the builder writes (as nsys numbers them)
 HTOD, DTOH, DTOD = 1, 2, 8  # ENUM_CUDA_MEMCPY_OPER ids
+#: Every copy, stage names as recorded: what nsys stats counts, and what the hand computations below assume.
+EVERY_COPY = Selection.everything()
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
@@ -46,11 +49,11 @@ def retag(path: Path, correlation_id: int, *, kind: int, src: int, dst: int) -> 
     con.close()
 
 
-def summary_of(path: Path, **options) -> pl.DataFrame:
-    by_stage = options.pop("by_stage", False)
+def summary_of(path: Path, *, by_stage: bool = False, include_memset: bool = True,
+               select: Selection = EVERY_COPY, **options) -> pl.DataFrame:
     with nsysan.open(path) as report:
-        copies = copy_trace(report, by_stage=by_stage, include_memset=options.pop("include_memset", True))
-    return bandwidth_summary(copies.with_columns(report=pl.lit("r")), by_stage=by_stage, **options)
+        copies = copy_trace(report, by_stage=by_stage, include_memset=include_memset, select=select)
+    return bandwidth_summary(copies.with_columns(report=pl.lit("r")), by_stage=by_stage, select=select, **options)
 
 
 def row(frame: pl.DataFrame, **keys) -> dict:
@@ -164,7 +167,7 @@ def test_by_stage_uses_the_innermost_launching_range(tmp_path):
     got = {(r["stage"], r["direction"]): r["bytes_total"] for r in summary.iter_rows(named=True)}
     assert got == {("h2d", "Host-to-Device"): 1000, ("batch_0", "Host-to-Device"): 2000,
                    ("d2h", "Device-to-Host"): 3000, (None, "Host-to-Device"): 4000}
-    merged = summary_of(path, by_stage=True, merge_numbered=True)
+    merged = summary_of(path, by_stage=True, select=Selection(exclude_within=(), merge_numbered=True))
     assert "batch_*" in merged["stage"].to_list()
 
 
@@ -175,7 +178,7 @@ def test_size_histogram_uses_power_of_two_buckets(tmp_path):
         copy(b, (10 * i, 10 * i + 5), (1000 + 100 * i, 1000 + 100 * i + 10), n)
     path = b.write(tmp_path / "case.sqlite")
     with nsysan.open(path) as report:
-        hist = copy_size_histogram(copy_trace(report), by=())
+        hist = copy_size_histogram(copy_trace(report, select=EVERY_COPY), by=(), select=EVERY_COPY)
     # [0,1): 0 | [1,2): 1 | [2,4): 2, 3 | [4,8): 4 | [512,1024): 1023 | [1024,2048): 1024, 1025 | [64Ki,128Ki): 65536
     got = {(r["size_from_bytes"], r["size_to_bytes"]): (r["copies"], r["bytes_total"])
            for r in hist.iter_rows(named=True)}
@@ -190,8 +193,9 @@ def test_grouping_pools_reports(tmp_path):
         b = ExportBuilder()
         copy(b, (10, 20), (100, 200), nbytes)
         paths.append(b.write(tmp_path / f"{name}.sqlite"))
-    pooled = bandwidth(nsysan.collect(paths), by=["model"])
-    r = row(pooled, model="vit1x1x1")
+    pooled = nsysan.bandwidth(paths, by=["model"], select=EVERY_COPY)
+    assert pooled.ok, pooled.failures
+    r = row(pooled.frame, model="vit1x1x1")
     # 4000 B over 100 + 100 ns; the union is per report (separate clocks), summed: 100 + 100.
     assert (r["copies"], r["bytes_total"], r["time_total_ns"], r["time_union_ns"]) == (2, 4000, 200, 200)
     assert r["bandwidth_gbps"] == pytest.approx(20.0)
@@ -245,8 +249,8 @@ def nsys_mem_stats(nsys: str, export: Path, folder: Path) -> dict[str, tuple[int
 def test_reconciles_with_nsys_stats_per_direction(nsys, tmp_path, name):
     expected = nsys_mem_stats(nsys, SAMPLES[name], tmp_path)
     with nsysan.open(SAMPLES[name]) as report:
-        copies = copy_trace(report)
-    summary = bandwidth_summary(copies.with_columns(report=pl.lit(name)))
+        copies = copy_trace(report, select=EVERY_COPY)
+    summary = bandwidth_summary(copies.with_columns(report=pl.lit(name)), select=EVERY_COPY)
     per_direction = summary.group_by("direction").agg(pl.col("copies").sum(), pl.col("bytes_total").sum(),
                                                       pl.col("time_total_ns").sum())
     ours = {("[CUDA memset]" if r["direction"] == "Memset" else f"[CUDA memcpy {r['direction']}]"):
@@ -258,8 +262,10 @@ def test_reconciles_with_nsys_stats_per_direction(nsys, tmp_path, name):
 @pytest.fixture(scope="module")
 def pair() -> dict[str, pl.DataFrame]:
     names = ["pipeline_gpu0_numa0_vit32x6x512", "pipeline_gpu0_numa0_vit32x6x512_pageable"]
-    summary = bandwidth(nsysan.collect([SAMPLES[n] for n in names]), by_stage=True)
-    return {n: summary.filter(pl.col("report") == n) for n in names}
+    # Every copy, warm-up included: the truth files record the warm-up batches' copies too.
+    summary = nsysan.bandwidth([SAMPLES[n] for n in names], by_stage=True, select=EVERY_COPY)
+    assert summary.ok, summary.failures
+    return {n: summary.frame.filter(pl.col("report") == n) for n in names}
 
 
 def truth(name: str) -> dict:

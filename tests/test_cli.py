@@ -27,8 +27,8 @@ runner = CliRunner()
 STATS = ("mean", "p50", "p95", "p99", "min", "max", "std")
 LATENCY_COLUMNS = ("report", "range", "instances", "range_total_ns", "gpu_proj_total_ns", "gpu_ops_total",
                    "gpu_busy_total_ns", *[f"range_ms_{s}" for s in STATS], *[f"gpu_proj_ms_{s}" for s in STATS])
-TRACE_COLUMNS = ("report", "range", "level", "parent", "start_ns", "range_ns", "gpu_proj_start_ns", "gpu_proj_ns",
-                 "gpu_busy_ns", "gpu_ops")
+TRACE_COLUMNS = ("report", "range", "style", "level", "parent", "start_ns", "range_ns", "gpu_proj_start_ns",
+                 "gpu_proj_ns", "gpu_busy_ns", "gpu_ops")
 KERNEL_COLUMNS = ("report", "name", "instances", "total_ns", *[f"gpu_ms_{s}" for s in STATS])
 INFO_COLUMNS = ("report", "nsys_version", "export_schema", "nvtx_ranges", "kernels", "memcpys", "memsets")
 GOOD = "pipeline_gpu0_numa0_vit1x2x3"  # model vit1x2x3, no variant
@@ -78,7 +78,7 @@ def read_csv(text: str) -> pl.DataFrame:
 # -- every command, every format ---------------------------------------------------------------------------
 
 def test_latency_csv_holds_the_documented_columns_and_values(good):
-    frame = read_csv(ok("latency", good, "-f", "csv").stdout)
+    frame = read_csv(ok("latency", good, "--no-merge-numbered", "-f", "csv").stdout)
     assert set(LATENCY_COLUMNS) <= set(frame.columns)
     rows = {r["range"]: r for r in frame.iter_rows(named=True)}
     assert list(rows) == ["step_1", "forward", "step_2"]  # order of first appearance
@@ -92,6 +92,16 @@ def test_latency_csv_holds_the_documented_columns_and_values(good):
     # step_2: kernel 2300..2400 and memcpy 2600..2700 -> projection 400, busy 200, 2 ops.
     s = rows["step_2"]
     assert (s["gpu_proj_total_ns"], s["gpu_busy_total_ns"], s["gpu_ops_total"]) == (400, 200, 2)
+
+
+def test_latency_pools_numbered_ranges_by_default(good):
+    rows = {r["range"]: r for r in read_csv(ok("latency", good, "-f", "csv").stdout).iter_rows(named=True)}
+    assert list(rows) == ["step_*", "forward"]
+    # step_1 (1000 ns, projection 200, busy 200, 1 op) and step_2 (1000 ns, projection 400, busy 200, 2 ops).
+    s = rows["step_*"]
+    assert (s["instances"], s["range_total_ns"], s["gpu_proj_total_ns"], s["gpu_busy_total_ns"],
+            s["gpu_ops_total"]) == (2, 2000, 600, 400, 3)
+    assert (s["gpu_proj_ms_min"], s["gpu_proj_ms_max"]) == pytest.approx((2e-4, 4e-4))
 
 
 def test_latency_trace_csv(good):
@@ -117,7 +127,7 @@ def test_latency_by_model_csv(good):
 
 
 def test_latency_json_and_table(good):
-    rows = json.loads(ok("latency", good, "-f", "json").stdout)
+    rows = json.loads(ok("latency", good, "--no-merge-numbered", "-f", "json").stdout)
     assert [r["range"] for r in rows] == ["step_1", "forward", "step_2"]
     assert set(LATENCY_COLUMNS) <= set(rows[0])
     assert rows[1]["instances"] == 2 and rows[1]["gpu_ops_total"] == 2
@@ -126,9 +136,9 @@ def test_latency_json_and_table(good):
         ("step_1", 200), ("forward", 200), ("step_2", 400), ("forward", 100)]
     assert set(TRACE_COLUMNS) <= set(trace[0])
 
-    table = ok("latency", good).stdout  # table is the default
-    assert "NVTX ranges (ms)" in table
-    for text in ("range", "instances", "gpu_proj_ms_mean", "step_1", "forward", "step_2", GOOD):
+    table = ok("latency", good, "--no-merge-numbered").stdout  # table is the default
+    assert "Stage latency (ms)" in table
+    for text in ("range", "instances", "gpu_proj_", "ms_mean", "step_1", "forward", "step_2", GOOD):
         assert text in table, text
 
 
@@ -152,7 +162,7 @@ def test_kernels_every_format(good, tmp_path):
     assert [(r["name"], r["total_ns"]) for r in rows] == [("gemm", 300)]
     assert set(KERNEL_COLUMNS) <= set(rows[0])
     table = ok("kernels", good, "-f", "table").stdout
-    assert "CUDA kernels (ms)" in table and "gemm" in table and "time_pct" in table
+    assert "CUDA kernels (ms)" in table and "gemm" in table and "time_" in table and "pct" in table
     ok("kernels", good, "-f", "parquet", "-o", tmp_path / "k.parquet")
     assert pl.read_parquet(tmp_path / "k.parquet")["total_ns"].to_list() == [300]
 

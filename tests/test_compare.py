@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import sqlite3
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,8 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 import nsysan
-from nsysan.analyses.compare import compare, stage_samples
-from nsysan.cli_compare import app
+from nsysan.analyses.compare import Settings, compare_groups, stage_observations
+from nsysan.cli import app
+from nsysan.engine import Runs, pooled
+from nsysan.selection import Selection
 from nsysan.testing.synthetic import copy_export, stretch_copies
 
 BASE = "pipeline_gpu0_numa0_vit0x0x0"
@@ -28,6 +31,19 @@ CHANGES = ("slower", "faster")
 
 def _sample(name: str) -> Path:
     return next(p for p in nsysan.sample_paths() if p.name == f"{name}.sqlite")
+
+
+def tagged_observations(runs: Runs, select: Selection) -> pl.DataFrame:
+    """stage_observations of every report, tagged with ``report`` and run metadata."""
+    result = pooled(runs, partial(stage_observations, select=select), by=())
+    assert result.ok, result.failures
+    return result.frame
+
+
+def compare_samples(samples: pl.DataFrame, *, by: list[str], baseline: dict | None = None,
+                    **settings) -> pl.DataFrame:
+    """compare_groups with the Settings fields as keywords."""
+    return compare_groups(samples, by=by, baseline=baseline, settings=Settings(**settings))
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +58,13 @@ def folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synthetic(folder) -> pl.DataFrame:
-    return stage_samples(nsysan.collect([folder]), exclude_within="warmup_*")
+    return tagged_observations(folder, Selection())  # the default: warm-up left out, batch_* pooled
 
 
 @pytest.fixture(scope="module")
 def sweep() -> pl.DataFrame:
     """The five real sample exports, warm-up excluded."""
-    return stage_samples(nsysan.collect(nsysan.sample_paths()), exclude_within="warmup_*")
+    return tagged_observations(nsysan.sample_paths(), Selection())
 
 
 def _changes(result: pl.DataFrame) -> pl.DataFrame:
@@ -56,7 +72,7 @@ def _changes(result: pl.DataFrame) -> pl.DataFrame:
 
 
 def test_a_run_against_itself_is_no_change(synthetic):
-    result = compare(synthetic.filter(pl.col("report").is_in([BASE, AGAIN])), by=["report"])
+    result = compare_samples(synthetic.filter(pl.col("report").is_in([BASE, AGAIN])), by=["report"])
     others = result.filter(pl.col("report") == AGAIN)
     assert others.height > 25
     assert set(others["verdict"]) == {"no clear change"}
@@ -76,7 +92,7 @@ def _split(samples: pl.DataFrame, how: str) -> pl.DataFrame:
 
 @pytest.mark.parametrize("how", ["alternate", "halves"])
 def test_halves_of_one_run_are_no_change(sweep, how):
-    result = compare(_split(sweep, how), by=["report", "part"], baseline={"part": "0"})
+    result = compare_samples(_split(sweep, how), by=["report", "part"], baseline={"part": "0"})
     compared = result.filter(pl.col("part") == "1")
     # Per report: batch_* 6 times + throughput, preprocess 2, h2d and d2h 6 + bandwidth, forward 6.
     assert compared.height == 5 * (7 + 2 + 7 + 6 + 7)
@@ -87,13 +103,13 @@ def test_without_noise_control_halves_look_different(sweep):
     """The same halves with per-row 95 % intervals, independent instances and no minimum effect: real
     drift within a run (CPU slow-downs late in a run, bursts of slow batches) gets called a change, which
     is why compare's defaults are what they are (docs/metrics.md, "Comparisons")."""
-    naive = compare(_split(sweep, "halves"), by=["report", "part"], baseline={"part": "0"}, adjust="none",
-                    block=1, min_effect_pct=0.0)
+    naive = compare_samples(_split(sweep, "halves"), by=["report", "part"], baseline={"part": "0"},
+                            adjust="none", block=1, min_effect_pct=0.0)
     assert _changes(naive.filter(pl.col("part") == "1")).height >= 10
 
 
 def test_the_stretched_copy_is_slower(synthetic):
-    result = compare(synthetic.filter(pl.col("report").is_in([BASE, STRETCHED])), by=["report"])
+    result = compare_samples(synthetic.filter(pl.col("report").is_in([BASE, STRETCHED])), by=["report"])
     stretched = result.filter(pl.col("report") == STRETCHED)
 
     def verdict(stage, metric, statistic="mean"):
@@ -113,7 +129,7 @@ def test_the_stretched_copy_is_slower(synthetic):
 
 
 def test_baseline_by_key_pools_groups_and_matches_numbers_by_text(synthetic):
-    result = compare(synthetic, by=["numa"], baseline={"numa": "0"})
+    result = compare_samples(synthetic, by=["numa"], baseline={"numa": "0"})
     node1 = result.filter(pl.col("numa") == 1)
     assert set(node1["baseline"]) == {"numa=0"}
     assert set(result.filter(pl.col("numa") == 0)["verdict"]) == {"baseline"}
@@ -123,7 +139,7 @@ def test_baseline_by_key_pools_groups_and_matches_numbers_by_text(synthetic):
 
 
 def test_pageable_h2d_is_slower_than_pinned(sweep):
-    result = compare(sweep, by=["model", "variant"], baseline={"variant": ""})
+    result = compare_samples(sweep, by=["model", "variant"], baseline={"variant": ""})
     pageable = result.filter(pl.col("variant") == "pageable")
     assert set(pageable["model"]) == {"vit32x6x512"} and set(pageable["baseline"]) == {"variant=none"}
     h2d = pageable.filter(pl.col("stage") == "h2d")
@@ -144,7 +160,8 @@ def _measured_h2d_ms(path: Path) -> list[float]:
 
 
 def test_values_are_the_statistics_of_the_instances(sweep):
-    result = compare(sweep, by=["report"], adjust="none", resamples=100)  # values do not depend on the bootstrap
+    # The values do not depend on the bootstrap.
+    result = compare_samples(sweep, by=["report"], adjust="none", resamples=100)
     for name in ("pipeline_gpu0_numa0_vit32x6x512", "pipeline_gpu0_numa0_vit32x6x512_pageable"):
         h2d = np.array(_measured_h2d_ms(_sample(name)))
         rows = result.filter((pl.col("report") == name) & (pl.col("stage") == "h2d") & (pl.col("metric") == "range_ms"))
@@ -156,44 +173,44 @@ def test_values_are_the_statistics_of_the_instances(sweep):
 
 def test_seeded_and_reproducible(synthetic):
     pair = synthetic.filter(pl.col("report").is_in([BASE, STRETCHED]))
-    first = compare(pair, by=["report"], seed=3)
-    assert compare(pair, by=["report"], seed=3).equals(first)
-    other = compare(pair, by=["report"], seed=4)
+    first = compare_samples(pair, by=["report"], seed=3)
+    assert compare_samples(pair, by=["report"], seed=3).equals(first)
+    other = compare_samples(pair, by=["report"], seed=4)
     assert not other.equals(first)
     assert other.select("ratio", "value").equals(first.select("ratio", "value"))
     # A row's interval does not depend on which other rows are computed.
-    alone = compare(pair.filter(pl.col("stage") == "h2d"), by=["report"], seed=3, adjust="none")
-    full = compare(pair, by=["report"], seed=3, adjust="none").filter(pl.col("stage") == "h2d")
+    alone = compare_samples(pair.filter(pl.col("stage") == "h2d"), by=["report"], seed=3, adjust="none")
+    full = compare_samples(pair, by=["report"], seed=3, adjust="none").filter(pl.col("stage") == "h2d")
     assert alone.select("ci_low", "ci_high").equals(full.select("ci_low", "ci_high"))
 
 
 def test_bonferroni_interval_level_and_minimum_effect(synthetic):
     pair = synthetic.filter(pl.col("report").is_in([BASE, STRETCHED]))
-    result = compare(pair, by=["report"]).filter(pl.col("report") == STRETCHED)
+    result = compare_samples(pair, by=["report"]).filter(pl.col("report") == STRETCHED)
     assert result["ci_level"].unique().to_list() == [pytest.approx(1 - 0.05 / result.height)]
-    per_row = compare(pair, by=["report"], adjust="none").filter(pl.col("report") == STRETCHED)
+    per_row = compare_samples(pair, by=["report"], adjust="none").filter(pl.col("report") == STRETCHED)
     assert set(per_row["ci_level"]) == {0.95}
     # A minimum effect above the constructed change (bandwidth -33 %) turns the verdict into no change.
-    strict = compare(pair, by=["report"], min_effect_pct=60.0).filter(pl.col("report") == STRETCHED)
+    strict = compare_samples(pair, by=["report"], min_effect_pct=60.0).filter(pl.col("report") == STRETCHED)
     assert _changes(strict).is_empty()
 
 
 def test_too_few_instances_and_missing_baseline(sweep, synthetic):
     pair = synthetic.filter(pl.col("report").is_in([BASE, STRETCHED]))
-    few = compare(pair, by=["report"], min_instances=31).filter(pl.col("report") == STRETCHED)
+    few = compare_samples(pair, by=["report"], min_instances=31).filter(pl.col("report") == STRETCHED)
     assert set(few["verdict"]) == {"too few instances"} and few["ci_low"].is_null().all()
     assert few["ratio"].is_not_null().all()
-    orphans = compare(sweep, by=["model", "variant"], baseline={"variant": "pageable"})
+    orphans = compare_samples(sweep, by=["model", "variant"], baseline={"variant": "pageable"})
     assert set(orphans.filter(pl.col("model") != "vit32x6x512")["verdict"]) == {"no baseline"}
 
 
 def test_bad_baselines_are_one_line_errors(synthetic):
     with pytest.raises(nsysan.NsysanError, match="must be among the grouping keys"):
-        compare(synthetic, by=["report"], baseline={"numa": 0})
+        compare_samples(synthetic, by=["report"], baseline={"numa": 0})
     with pytest.raises(nsysan.NsysanError, match="no run has numa=7; numa here: 0, 1"):
-        compare(synthetic, by=["numa"], baseline={"numa": 7})
+        compare_samples(synthetic, by=["numa"], baseline={"numa": 7})
     with pytest.raises(nsysan.NsysanError, match="unknown grouping key"):
-        compare(synthetic, by=["colour"])
+        compare_samples(synthetic, by=["colour"])
 
 
 def test_cli_two_paths(folder, tmp_path):
@@ -246,8 +263,8 @@ def test_hand_built_answers(tmp_path):
 
     _build(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", scale=1)
     _build(tmp_path / "pipeline_gpu0_numa1_vit1x1x1.sqlite", scale=2.5, period=2000)
-    samples = stage_samples(nsysan.collect([tmp_path]))
-    result = compare(samples, by=["numa"], baseline={"numa": 0}).filter(pl.col("numa") == 1)
+    samples = tagged_observations(tmp_path, Selection(exclude_within=()))
+    result = compare_samples(samples, by=["numa"], baseline={"numa": 0}).filter(pl.col("numa") == 1)
     got = {(r["stage"], r["metric"], r["statistic"]): (r["ratio"], r["verdict"]) for r in result.iter_rows(named=True)}
     assert got[("batch_*", "range_ms", "mean")] == (2.5, "slower")
     assert got[("h2d", "gpu_proj_ms", "p95")] == (2.5, "slower")
@@ -266,6 +283,6 @@ def test_hand_built_answers(tmp_path):
 def test_reports_without_gpu_work(tmp_path):
     _build(tmp_path / "a.sqlite", scale=1, gpu=False)
     _build(tmp_path / "b.sqlite", scale=1, gpu=False)
-    result = compare(stage_samples(nsysan.collect([tmp_path])), by=["report"])
+    result = compare_samples(tagged_observations(tmp_path, Selection(exclude_within=())), by=["report"])
     assert set(result["metric"]) == {"range_ms", "throughput_per_s"}
     assert set(result.filter(pl.col("report") == "b")["verdict"]) == {"no clear change"}

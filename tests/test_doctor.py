@@ -1,6 +1,6 @@
 """``nsysan doctor`` (nsysan/doctor.py): each check, against the real nsys releases and, for GPUs and NUMA, against
-fake ``nvidia-smi`` / ``numactl`` scripts and a fake sysfs tree (the single-node ``numactl --hardware`` text is the
-real output of our H100 machine)."""
+a fake ``nvidia-smi`` script and fake sysfs trees (the machine discovery the experiment runner uses too:
+:func:`nsysan.host.discover`)."""
 from __future__ import annotations
 
 import json
@@ -12,48 +12,19 @@ from typer.testing import CliRunner
 
 import nsysan
 from nsysan import doctor as doc
-from nsysan.cli_export import app
-from nsysan.doctor import Check, doctor, gpu_numa_checks, gpus, importer_check, numa_checks, nsys_checks, sysfs_bus_id
+from nsysan.cli import app
+from nsysan.doctor import Check, doctor, importer_check, machine_checks, nsys_checks
 from nsysan.nsys_tool import find_nsys
 from test_nsys_tool import fake_nsys
 
 NVIDIA_SMI = """#!/bin/sh
 case "$*" in
-  *--query-gpu=index,name,pci.bus_id,driver_version,memory.total*--format=csv,noheader*)
-    echo "0, NVIDIA H100 80GB HBM3, 00000000:1B:00.0, 580.159.04, 81559 MiB"
-    echo "1, NVIDIA H100 80GB HBM3, 00000000:9A:00.0, 580.159.04, 81559 MiB";;
+  *--query-gpu=index,name,pci.bus_id,uuid,driver_version,memory.total*--format=csv,noheader*)
+    echo "0, NVIDIA H100 80GB HBM3, 00000000:1B:00.0, GPU-1111, 580.159.04, 81559 MiB"
+    echo "1, NVIDIA H100 80GB HBM3, 00000000:9A:00.0, GPU-2222, 580.159.04, 81559 MiB";;
   *) exit 2;;
 esac
 """
-
-
-def printing(text: str) -> str:
-    """A shell script printing ``text`` with builtins only (the fake PATH holds no cat)."""
-    assert "'" not in text
-    return f"#!/bin/sh\nprintf '%s' '{text}'\n"
-
-
-NUMACTL_TWO_NODES = printing("""available: 2 nodes (0-1)
-node 0 cpus: 0 1 2 3 8 9 10 11
-node 0 size: 257592 MB
-node 0 free: 250001 MB
-node 1 cpus: 4 5 6 7 12 13 14 15
-node 1 size: 258041 MB
-node 1 free: 251002 MB
-node distances:
-node   0   1
-  0:  10  21
-  1:  21  10
-""")
-# `numactl --hardware` on the H100 VM we profile on.
-NUMACTL_ONE_NODE = printing("""available: 1 nodes (0)
-node 0 cpus: 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
-node 0 size: 4443 MB
-node 0 free: 3217 MB
-node distances:
-node   0
-  0:  10
-""")
 
 
 def tools(folder: Path, **scripts: str) -> dict[str, str]:
@@ -66,9 +37,15 @@ def tools(folder: Path, **scripts: str) -> dict[str, str]:
     return {"PATH": str(folder), "HOME": str(folder.parent)}
 
 
-def sysfs(root: Path, nodes: int, gpu_nodes: dict[str, str]) -> Path:
-    for n in range(nodes):
-        (root / "devices" / "system" / "node" / f"node{n}").mkdir(parents=True)
+def sysfs(root: Path, cpus: dict[int, str], gpu_nodes: dict[str, str]) -> Path:
+    """A sysfs tree as Linux writes it: online nodes, each node's CPU list, and each GPU's numa_node."""
+    nodes = root / "devices" / "system" / "node"
+    nodes.mkdir(parents=True)
+    (nodes / "online").write_text(",".join(map(str, cpus)) + "\n")
+    (nodes / "has_cpu").write_text(",".join(str(n) for n, c in cpus.items() if c) + "\n")
+    for node, cpu_list in cpus.items():
+        (nodes / f"node{node}").mkdir()
+        (nodes / f"node{node}" / "cpulist").write_text(cpu_list + "\n")
     for bus, node in gpu_nodes.items():
         device = root / "bus" / "pci" / "devices" / bus
         device.mkdir(parents=True)
@@ -76,74 +53,51 @@ def sysfs(root: Path, nodes: int, gpu_nodes: dict[str, str]) -> Path:
     return root
 
 
-def test_sysfs_bus_id() -> None:
-    assert sysfs_bus_id("00000000:1B:00.0") == "0000:1b:00.0"
-    assert sysfs_bus_id("0000:00:06.0") == "0000:00:06.0"
-    assert sysfs_bus_id("00000001:C3:00.0") == "0001:c3:00.0"
-
-
 def test_gpus_and_two_numa_nodes(tmp_path: Path) -> None:
-    environ = tools(tmp_path / "bin", nvidia_smi=NVIDIA_SMI, numactl=NUMACTL_TWO_NODES)
-    root = sysfs(tmp_path / "sys", 2, {"0000:1b:00.0": "0", "0000:9a:00.0": "1"})
-    gpu_lines, buses = gpus(environ)
-    assert gpu_lines == [
-        Check("GPU 0", "ok", "NVIDIA H100 80GB HBM3, PCI 00000000:1B:00.0, driver 580.159.04, 81559 MiB"),
-        Check("GPU 1", "ok", "NVIDIA H100 80GB HBM3, PCI 00000000:9A:00.0, driver 580.159.04, 81559 MiB"),
-    ]
-    assert buses == [("0", "00000000:1B:00.0"), ("1", "00000000:9A:00.0")]
-    assert numa_checks(environ, root) == [
+    environ = tools(tmp_path / "bin", nvidia_smi=NVIDIA_SMI, numactl="#!/bin/sh\n")
+    root = sysfs(tmp_path / "sys", {0: "0-3,8-11", 1: "4-7,12-15"}, {"0000:1b:00.0": "0", "0000:9a:00.0": "1"})
+    assert machine_checks(environ, root) == [
+        Check("GPU 0", "ok", "NVIDIA H100 80GB HBM3, PCI 0000:1b:00.0, driver 580.159.04, 81559 MiB"),
+        Check("GPU 1", "ok", "NVIDIA H100 80GB HBM3, PCI 0000:9a:00.0, driver 580.159.04, 81559 MiB"),
         Check("numactl", "ok", str(tmp_path / "bin" / "numactl")),
-        Check("NUMA nodes", "ok", "2 nodes (node 0: cpus 0-3,8-11, 257592 MB; node 1: cpus 4-7,12-15, 258041 MB)"),
-    ]
-    devices = root / "bus" / "pci" / "devices"
-    assert gpu_numa_checks(buses, root) == [
-        Check("GPU 0 NUMA node", "ok", f"node 0 ({devices / '0000:1b:00.0' / 'numa_node'})"),
-        Check("GPU 1 NUMA node", "ok", f"node 1 ({devices / '0000:9a:00.0' / 'numa_node'})"),
+        Check("NUMA nodes", "ok", "2 nodes (node 0: cpus 0-3,8-11; node 1: cpus 4-7,12-15)"),
+        Check("GPU 0 NUMA node", "ok", "node 0 (PCI 0000:1b:00.0)"),
+        Check("GPU 1 NUMA node", "ok", "node 1 (PCI 0000:9a:00.0)"),
     ]
 
 
 def test_one_numa_node_is_said_plainly(tmp_path: Path) -> None:
-    environ = tools(tmp_path / "bin", nvidia_smi=NVIDIA_SMI, numactl=NUMACTL_ONE_NODE)
-    root = sysfs(tmp_path / "sys", 1, {"0000:1b:00.0": "-1"})
-    numa = numa_checks(environ, root)
-    assert numa[-1] == Check(
-        "NUMA nodes", "warn", "only one NUMA node (node 0: cpus 0-15, 4443 MB): remote-node penalties cannot be "
-        "measured on this machine", "run NUMA experiments on a multi-socket machine")
-    (gpu0,) = gpu_numa_checks([("0", "00000000:1B:00.0")], root)
-    assert (gpu0.status, gpu0.detail.split(" (")[0]) == ("warn", "none reported")
-    # A GPU whose sysfs entry is absent (a container without /sys/bus/pci).
-    (gone,) = gpu_numa_checks([("1", "00000000:9A:00.0")], root)
-    assert gone.status == "missing" and "0000:9a:00.0/numa_node" in gone.detail
+    environ = tools(tmp_path / "bin", nvidia_smi=NVIDIA_SMI)
+    # GPU 0 reports -1 (a VM, as on our H100 machine); GPU 1 has no sysfs entry (a container without /sys/bus/pci).
+    root = sysfs(tmp_path / "sys", {0: "0-15"}, {"0000:1b:00.0": "-1"})
+    checks = {c.check: c for c in machine_checks(environ, root)}
+    assert checks["NUMA nodes"] == Check(
+        "NUMA nodes", "warn", "only one NUMA node (node 0: cpus 0-15): remote-node penalties cannot be measured on "
+        "this machine", "run NUMA experiments on a multi-socket machine")
+    for index in (0, 1):
+        gpu = checks[f"GPU {index} NUMA node"]
+        assert gpu.status == "warn" and gpu.detail.startswith("none reported by sysfs"), gpu
+    assert checks["numactl"].status == "missing" and checks["numactl"].fix.startswith("apt-get install numactl")
 
 
-def test_missing_tools_fall_back_to_sysfs(tmp_path: Path) -> None:
+def test_missing_tools_and_missing_sysfs(tmp_path: Path) -> None:
     environ = tools(tmp_path / "empty")
-    root = sysfs(tmp_path / "sys", 1, {})
-    assert gpus(environ) == ([Check(
+    checks = machine_checks(environ, sysfs(tmp_path / "sys", {0: "0-1"}, {}))
+    assert checks[0] == Check(
         "GPUs", "missing", "nvidia-smi not found: no NVIDIA driver on this machine",
-        "install the NVIDIA driver to profile GPU work (CPU captures and all analyses work without)")], [])
-    numa = numa_checks(environ, root)
-    assert [(c.check, c.status) for c in numa] == [("numactl", "missing"), ("NUMA nodes", "warn")]
-    assert numa[0].fix.startswith("apt-get install numactl")
-    assert numa[1].detail.startswith(f"only one NUMA node (from {root / 'devices' / 'system' / 'node'}: node 0)")
-    two = sysfs(tmp_path / "sys2", 2, {})
-    assert numa_checks(environ, two)[1] == Check(
-        "NUMA nodes", "ok", f"2 nodes (from {two / 'devices' / 'system' / 'node'}: node 0, node 1)")
-    assert numa_checks(environ, tmp_path / "nosys")[1].detail.startswith("unknown")
+        "install the NVIDIA driver to profile GPU work (CPU captures and all analyses work without)")
+    assert [(c.check, c.status) for c in checks[1:]] == [("numactl", "missing"), ("NUMA nodes", "warn")]
+    unknown = machine_checks(environ, tmp_path / "nosys")[-1]
+    assert (unknown.check, unknown.status) == ("NUMA nodes", "warn") and unknown.detail.startswith("unknown")
 
 
-def test_failing_tools_are_reported(tmp_path: Path) -> None:
+def test_failing_nvidia_smi_is_reported(tmp_path: Path) -> None:
     broken_smi = "#!/bin/sh\necho \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n"
-    broken_numactl = "#!/bin/sh\necho 'No NUMA available on this system' >&2\nexit 1\n"
-    environ = tools(tmp_path / "bin", nvidia_smi=broken_smi, numactl=broken_numactl)
-    (smi,), buses = gpus(environ)
-    assert (smi.status, buses) == ("warn", [])
-    assert smi.detail == ("nvidia-smi failed (exit 9): NVIDIA-SMI has failed because it couldn't communicate with "
-                          "the NVIDIA driver")
-    numa = numa_checks(environ, sysfs(tmp_path / "sys", 2, {}))
-    assert numa[0] == Check("numactl", "warn", "numactl --hardware failed (exit 1): No NUMA available on this system",
-                            "the kernel may lack NUMA support; check /sys/devices/system/node")
-    assert numa[1].status == "ok" and numa[1].detail.startswith("2 nodes (from ")
+    environ = tools(tmp_path / "bin", nvidia_smi=broken_smi)
+    (smi, *_) = machine_checks(environ, sysfs(tmp_path / "sys", {0: "0", 1: "1"}, {}))
+    assert smi == Check("GPUs", "warn", "GPUs not listed: none (nvidia-smi failed (NVIDIA-SMI has failed because it "
+                        "couldn't communicate with the NVIDIA driver))",
+                        "check the NVIDIA driver (nvidia-smi should list the GPUs)")
 
 
 def test_real_nsys_checks(nsys: str) -> None:

@@ -1,4 +1,4 @@
-"""``nsysan export`` / ``nsysan.export``: batch conversion of real nsys reports (nsysan/export.py, cli_export.py).
+"""``nsysan export`` / ``nsysan.export``: batch conversion of real nsys reports (nsysan/exporter.py, cli/export.py).
 
 The reports are real: conftest profiles workloads/cpu_nvtx.py once per session with nsys 2023.4 and 2022.4
 (``cpu_capture_2023`` / ``cpu_capture_2022``), and the workload writes the NVTX range counts it emitted. Each test
@@ -24,12 +24,13 @@ import pytest
 from typer.testing import CliRunner
 
 import nsysan
-from nsysan.cli_export import app
+from nsysan.cli import app
+from nsysan.analyses.latency import range_trace
 from nsysan.errors import NsysanError
-from nsysan.export import ExportResult, export, export_problem, output_path, stale_temporaries
-from support import process_alive
+from nsysan.host import alive
+from nsysan.exporter import ExportResult, export, export_problem, output_path, stale_temporaries
 
-CLI = [sys.executable, "-m", "nsysan.cli_export"]
+CLI = [sys.executable, "-m", "nsysan"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ def place(rep: Rep, dest: Path) -> Path:
 
 def range_counts(export_path: Path) -> dict[str, int]:
     with nsysan.open(export_path) as report:
-        trace = nsysan.range_trace(report)
+        trace = range_trace(report)
     return dict(trace.group_by("range").len().iter_rows())
 
 
@@ -87,9 +88,9 @@ def temporaries(root: Path) -> list[Path]:
 
 def wait_dead(pid: int, seconds: float = 10) -> bool:
     deadline = time.monotonic() + seconds
-    while process_alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return not process_alive(pid)
+    return not alive(pid)
 
 
 # -- conversion ------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def test_jobs_2_gives_the_same_result_as_jobs_1(rep23: Rep, rep22: Rep, nsys: st
     for a, b in zip(one.items, two.items):
         if a.status == "converted":
             with nsysan.open(a.outputs["sqlite"]) as ra, nsysan.open(b.outputs["sqlite"]) as rb:
-                assert nsysan.range_trace(ra).equals(nsysan.range_trace(rb))
+                assert range_trace(ra).equals(range_trace(rb))
     assert listing(tmp_path / "jobs1") == listing(tmp_path / "jobs2")
 
 
@@ -542,5 +543,5 @@ def test_public_api() -> None:
     """nsysan.export is the library entry point (registered in nsysan/__init__.py)."""
     from nsysan import export as public
 
-    assert callable(public) and public.__module__ == "nsysan.export"
+    assert callable(public) and public.__module__ == "nsysan.exporter"
     assert nsysan.ExportResult is ExportResult

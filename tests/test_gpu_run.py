@@ -28,8 +28,7 @@ def test_sidecar_records_the_configuration_and_placement():
 
 
 def test_measured_batches_are_the_configured_ones():
-    runs = nsysan.collect([EXPORT])
-    throughput = nsysan.throughput(runs)
+    throughput = nsysan.throughput(EXPORT).frame
     config = SIDECAR["config"]
     expected_batches = -(-config["num_samples"] // config["batch_size"])  # num_samples rounded up to batches
     assert throughput["batches"].to_list() == [expected_batches]
@@ -38,7 +37,7 @@ def test_measured_batches_are_the_configured_ones():
 
 def test_throughput_from_nvtx_matches_the_workloads_own_clock():
     # The workload timed its measured batches with the host clock; nsysan reads the NVTX batch ranges.
-    throughput = nsysan.throughput(nsysan.collect([EXPORT]))
+    throughput = nsysan.throughput(EXPORT).frame
     assert throughput["samples_per_s"][0] == pytest.approx(SIDECAR["samples_per_s"], rel=0.02)
 
 

@@ -1,11 +1,16 @@
-"""nsysan.intervals: worked examples, and properties checked against brute force on random inputs."""
+"""nsysan.intervals: worked examples, and properties checked against brute force on random inputs.
+
+Every function of the module is covered here, the polars union expression included, because intervals.py is the
+only interval code the analyses run."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsysan.intervals import ancestors, merge, nest, union_length
+from nsysan.intervals import (clipped_lengths, covers, gaps, intersect, length, merge, nest, overlaps, union_length,
+                              union_piece)
 
 GRID = 40  # brute-force union: count the integer instants covered on [0, GRID)
 # No per-example deadline: the brute-force oracles are quadratic and CI machines can be busy.
@@ -32,10 +37,15 @@ def test_union_length_examples():
     assert union_length(np.array([7]), np.array([7])) == 0  # empty interval
 
 
+def _pairs(spans) -> list[tuple[int, int]]:
+    return list(zip(spans[0].tolist(), spans[1].tolist()))
+
+
 def test_merge_examples():
-    assert merge([0, 5, 20], [10, 15, 30]) == [(0, 15), (20, 30)]
-    assert merge([0, 10], [10, 20]) == [(0, 20)]  # touching intervals are joined
-    assert merge([3, 0], [3, 1]) == [(0, 1)]  # empty interval dropped
+    assert _pairs(merge([0, 5, 20], [10, 15, 30])) == [(0, 15), (20, 30)]
+    assert _pairs(merge([0, 10], [10, 20])) == [(0, 20)]  # touching intervals are joined
+    assert _pairs(merge([3, 0], [3, 1])) == [(0, 1)]  # empty interval dropped
+    assert _pairs(merge([], [])) == []
 
 
 @quick
@@ -60,11 +70,86 @@ def test_union_bounds(pairs):
 @quick
 @given(spans)
 def test_merge_is_idempotent_and_agrees_with_union_length(pairs):
-    merged = merge(*_split(pairs))
-    assert merge(*_split(merged)) == merged
+    merged = _pairs(merge(*_split(pairs)))
+    assert _pairs(merge(*_split(merged))) == merged
     assert all(s < e for s, e in merged)
     assert all(a_end < b_start for (_, a_end), (b_start, _) in zip(merged, merged[1:]))  # disjoint, sorted
-    assert sum(e - s for s, e in merged) == union_length(*_split(pairs))
+    assert sum(e - s for s, e in merged) == union_length(*_split(pairs)) == length(merge(*_split(pairs)))
+
+
+def _covered(pairs) -> set[int]:
+    return {t for s, e in pairs for t in range(s, e)}
+
+
+@quick
+@given(spans, spans)
+def test_intersect_equals_brute_force(a, b):
+    got = intersect(merge(*_split(a)), merge(*_split(b)))
+    assert _covered(_pairs(got)) == _covered(a) & _covered(b)
+    assert _pairs(merge(*got)) == _pairs(got)  # a span set again
+
+
+@quick
+@given(spans, st.lists(st.integers(-2, GRID + 2), max_size=10))
+def test_covers_equals_brute_force(pairs, points):
+    got = covers(merge(*_split(pairs)), np.asarray(points, dtype=np.int64)).tolist()
+    assert got == [any(s <= t < e for s, e in pairs) for t in points]
+
+
+@quick
+@given(spans, spans)
+def test_clipped_lengths_and_overlaps_equal_brute_force(ops, window):
+    win = merge(*_split(window))
+    inside = _covered(window)
+    starts, ends = _split(ops)
+    assert clipped_lengths(starts, ends, win).tolist() == [len(set(range(s, e)) & inside) for s, e in ops]
+    # An op shares time with the window, or, taking no time, lies inside it.
+    expected = [bool(set(range(s, e)) & inside) or (s == e and s in inside) for s, e in ops]
+    assert overlaps(starts, ends, win).tolist() == expected
+
+
+def test_gaps_examples():
+    window = merge([0, 100], [50, 200])                   # two window intervals: [0, 50) and [100, 200)
+    busy = merge([5, 20, 30, 110, 150], [10, 25, 40, 120, 160])
+    # gaps inside [0, 50): 10..20 and 25..30; inside [100, 200): 120..150; none across the two intervals
+    assert gaps(busy, window).tolist() == [10, 5, 30]
+    assert gaps(merge([5], [10]), window).tolist() == []
+
+
+@quick
+@given(spans, spans)
+def test_gaps_are_the_idle_stretches_between_busy_spans_of_one_window_interval(busy_pairs, window_pairs):
+    window = merge(*_split(window_pairs))
+    busy = intersect(merge(*_split(busy_pairs)), window)
+    inside = _covered(_pairs(window))
+    # Brute force on the grid: a gap is a maximal run of idle instants inside the window, with busy time on
+    # both sides, that never leaves the window.
+    busy_at = _covered(_pairs(busy))
+    expected, run, started = [], 0, False
+    for t in range(-1, GRID + 2):
+        if t in busy_at:
+            if started and run:
+                expected.append(run)
+            started, run = True, 0
+        elif t in inside:
+            run += 1
+        else:
+            started, run = False, 0
+    assert sorted(gaps(busy, window).tolist()) == sorted(expected)
+
+
+@quick
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, GRID), st.integers(0, GRID)), max_size=15))
+def test_union_piece_sums_to_the_union_per_group(rows):
+    frame = pl.DataFrame([(g, min(s, e), max(s, e)) for g, s, e in rows], schema={"g": pl.Int64, "s": pl.Int64, "e": pl.Int64},
+                         orient="row")
+    got = (frame.sort("g", "s", "e").with_columns(piece=union_piece("s", "e", over=["g"]))
+           .group_by("g").agg(pl.col("piece").sum()))
+    expected = {g: union_length([s for h, s, _ in frame.rows() if h == g], [e for h, _, e in frame.rows() if h == g])
+                for g in set(frame["g"].to_list())}
+    assert dict(got.rows()) == expected
+    whole = frame.sort("s", "e").with_columns(piece=union_piece("s", "e"))["piece"].sum() if frame.height else 0
+    assert whole == union_length(frame["s"].to_list(), frame["e"].to_list())
 
 
 @quick
@@ -171,10 +256,13 @@ def test_parent_contains_child_and_level_counts_ancestors(ranges):
             continue
         assert ranges[p][0] == thread and ranges[p][1] <= start and ranges[p][2] >= end
         assert n.level[i] == n.level[p] + 1
-    # level = number of strict ancestors; no cycles.
-    child, ancestor = ancestors(n.parent)
-    counts = np.bincount(child, minlength=len(ranges))
-    assert (counts == n.level + 1).all()
+    # level = number of strict ancestors, found by walking the parent chain (which must end: no cycles).
+    for i in range(len(ranges)):
+        steps, j = 0, n.parent[i]
+        while j != -1:
+            steps, j = steps + 1, n.parent[j]
+            assert steps <= len(ranges)
+        assert steps == n.level[i]
 
 
 @st.composite
@@ -217,32 +305,3 @@ def test_no_crossing_among_properly_nested_ranges_that_never_touch(ranges):
     n = _nest(*zip(*ranges))
     if not touching:
         assert not n.crossing.any()
-
-
-# -- ancestors --------------------------------------------------------------------------------------------
-
-def test_ancestors_example():
-    #        0   1  2  3   4
-    parent = np.array([-1, 0, 1, 0, -1])
-    child, anc = ancestors(parent)
-    pairs = sorted(zip(child.tolist(), anc.tolist()))
-    assert pairs == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2), (3, 0), (3, 3), (4, 4)]
-    assert child.dtype == anc.dtype == np.int64
-
-
-def test_ancestors_empty():
-    child, anc = ancestors(np.array([], dtype=np.int64))
-    assert child.size == anc.size == 0
-
-
-@quick
-@given(nested_ranges())
-def test_ancestors_are_exactly_the_containing_ranges(ranges):
-    if not ranges:
-        return
-    n = _nest(*zip(*ranges))
-    child, anc = ancestors(n.parent)
-    got = set(zip(child.tolist(), anc.tolist()))
-    expected = {(i, j) for i in range(len(ranges)) for j in range(len(ranges))
-                if i == j or (ranges[j][0] == ranges[i][0] and _contains(ranges[j], ranges[i], j, i))}
-    assert got == expected

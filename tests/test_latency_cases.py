@@ -15,6 +15,10 @@ import pytest
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
+from nsysan.analyses.latency import latency_summary, range_trace
+from nsysan.selection import Selection, pool_names, select_instances
+
+EVERYTHING = Selection.everything()
 
 OTHER_TID = MAIN_TID + 1
 COLUMNS = ("level", "parent", "range_ns", "gpu_ops", "gpu_proj_start_ns", "gpu_proj_ns", "gpu_busy_ns")
@@ -23,7 +27,7 @@ COLUMNS = ("level", "parent", "range_ns", "gpu_ops", "gpu_proj_start_ns", "gpu_p
 def trace_of(builder: ExportBuilder, tmp_path, name: str = "case") -> pl.DataFrame:
     path = builder.write(tmp_path / f"{name}.sqlite")
     with nsysan.open(path) as report:
-        return nsysan.range_trace(report)
+        return range_trace(report)
 
 
 def facts(trace: pl.DataFrame, name: str) -> tuple:
@@ -70,7 +74,7 @@ def test_range_without_gpu_ops_is_kept_with_null_projection(tmp_path):
     assert facts(trace, "busy") == (0, None, 100, 1, 30, 10, 10)
 
     with nsysan.open(tmp_path / "case.sqlite") as report:
-        summary = nsysan.latency_summary(nsysan.range_trace(report).with_columns(report=pl.lit("r")))
+        summary = latency_summary(range_trace(report).with_columns(report=pl.lit("r")), select=EVERYTHING)
     idle = summary.filter(pl.col("range") == "idle").row(0, named=True)
     # Still an instance, but not a GPU instance: GPU statistics are over instances with ops only.
     assert (idle["instances"], idle["gpu_instances"], idle["gpu_ops_total"]) == (1, 0, 0)
@@ -279,31 +283,34 @@ def _instances(trace):
 
 def test_exclude_within_drops_matching_ranges_and_everything_nested_in_them(tmp_path):
     with nsysan.open(_warmup_export(tmp_path / "w.sqlite")) as report:
-        trace = nsysan.range_trace(report)
-    kept = nsysan.exclude_instances(trace, within="warmup_*")
+        trace = range_trace(report)
+    kept = select_instances(trace, Selection(exclude_within="warmup_*"))
     # warmup_0 (named like it), its forward (child) and gemm_stage (grandchild) are gone.
     assert _instances(kept) == [("batch_1", 200), ("batch_2", 400), ("forward", 210), ("forward", 410),
                                 ("forward", 600), ("gemm_stage", 220), ("gemm_stage", 420)]
-    several = nsysan.exclude_instances(trace, within=["warmup_*", "batch_2"])
+    several = select_instances(trace, Selection(exclude_within=["warmup_*", "batch_2"]))
     assert _instances(several) == [("batch_1", 200), ("forward", 210), ("forward", 600), ("gemm_stage", 220)]
     # A pattern that matches nothing keeps everything.
-    assert nsysan.exclude_instances(trace, within="nothing_*").height == trace.height == 10
+    assert select_instances(trace, Selection(exclude_within="nothing_*")).height == trace.height == 10
+    assert select_instances(trace, EVERYTHING).height == 10
+    # The default selection is the warm-up rule above.
+    assert _instances(select_instances(trace)) == _instances(kept)
 
 
 def test_skip_first_drops_the_first_instances_of_each_name(tmp_path):
     with nsysan.open(_warmup_export(tmp_path / "w.sqlite")) as report:
-        trace = nsysan.range_trace(report)
-    kept = nsysan.exclude_instances(trace, skip_first=1)
+        trace = range_trace(report)
+    kept = select_instances(trace, Selection(exclude_within=(), skip_first=1))
     # Names with one instance vanish; forward loses the one at 10, gemm_stage the one at 20.
     assert _instances(kept) == [("forward", 210), ("forward", 410), ("forward", 600),
                                 ("gemm_stage", 220), ("gemm_stage", 420)]
-    assert _instances(nsysan.exclude_instances(trace, skip_first=3)) == [("forward", 600)]
+    assert _instances(select_instances(trace, Selection(exclude_within=(), skip_first=3))) == [("forward", 600)]
 
 
 def test_exclusions_apply_per_report(tmp_path):
     a = _warmup_export(tmp_path / "a.sqlite")
     b = _warmup_export(tmp_path / "b.sqlite")
-    trace = nsysan.latency_trace(nsysan.collect([a, b]), exclude_within="warmup_*", skip_first=1)
+    trace = nsysan.latency_trace([a, b], select=Selection(exclude_within="warmup_*", skip_first=1)).frame
     # Per report: after dropping warmup_0's subtree, the first batch_1/batch_2/forward/gemm_stage go.
     expected = [("forward", 410), ("forward", 600), ("gemm_stage", 420)]
     for name in ("a", "b"):
@@ -324,13 +331,13 @@ def _same_name_reports(folder):
 
 
 def test_exclusion_with_two_reports_of_the_same_file_name(tmp_path):
-    kept = nsysan.latency_trace(_same_name_reports(tmp_path), exclude_within="warmup_*")
+    kept = nsysan.latency_trace(_same_name_reports(tmp_path), select=Selection(exclude_within="warmup_*")).frame
     # gpu0's warmup_0 and the forward inside it go; gpu1's forward and other stay.
     assert _instances(kept) == [("forward", 0), ("other", 200)]
 
 
 def test_reports_of_the_same_file_name_are_not_pooled(tmp_path):
-    trace = nsysan.latency_trace(_same_name_reports(tmp_path))
+    trace = nsysan.latency_trace(_same_name_reports(tmp_path), select=EVERYTHING).frame
     assert trace.height == 4
     # Two files, so two reports: a per-report summary must not pool them under one name.
     assert trace["report"].n_unique() == 2
@@ -338,17 +345,18 @@ def test_reports_of_the_same_file_name_are_not_pooled(tmp_path):
 
 def test_merge_numbered_names(tmp_path):
     with nsysan.open(_warmup_export(tmp_path / "w.sqlite")) as report:
-        trace = nsysan.range_trace(report)
-    merged = nsysan.merge_numbered_names(trace)
+        trace = range_trace(report)
+    merged = pool_names(trace)
     assert sorted(set(merged["range"].to_list())) == ["batch_*", "forward", "gemm_stage", "warmup_*"]
     # The parent column is renamed too.
     assert sorted(set(merged["parent"].drop_nulls().to_list())) == ["batch_*", "forward", "warmup_*"]
-    summary = nsysan.latency_summary(merged.with_columns(report=pl.lit("w")))
+    summary = latency_summary(trace.with_columns(report=pl.lit("w")), select=Selection(exclude_within=()))
     assert dict(zip(summary["range"], summary["instances"])) == {
         "warmup_*": 1, "forward": 4, "gemm_stage": 3, "batch_*": 2}
+    assert pool_names(trace, EVERYTHING).equals(trace)  # merging off: names as recorded
     frame = pl.DataFrame({"range": ["layer3", "step-7", "io:write", "v.12", "x"], "parent": [None] * 5},
                          schema_overrides={"parent": pl.String})
-    assert nsysan.merge_numbered_names(frame)["range"].to_list() == ["layer*", "step-*", "io:write", "v.*", "x"]
+    assert pool_names(frame)["range"].to_list() == ["layer*", "step-*", "io:write", "v.*", "x"]
 
 
 # -- statistics ----------------------------------------------------------------------------------------------
@@ -366,7 +374,7 @@ def test_latency_summary_statistics(tmp_path):
         t += d + ms
     b.range("once", t, t + 7 * ms)
     path = b.write(tmp_path / "stats.sqlite")
-    summary = nsysan.latency(nsysan.collect([path]))
+    summary = nsysan.latency(path).frame
     step = summary.filter(pl.col("range") == "step").row(0, named=True)
 
     x = np.array(durations) / 1e6  # ms
@@ -400,7 +408,7 @@ def test_latency_pools_instances_of_a_group(tmp_path):
         b = ExportBuilder()
         b.range("forward", 0, d)
         paths.append(b.write(tmp_path / f"pipeline_gpu0_numa0_vit1x2x3_{variant}.sqlite"))
-    pooled = nsysan.latency(nsysan.collect(paths), by=["model"])
+    pooled = nsysan.latency(paths, by=["model"]).frame
     row = pooled.row(0, named=True)
     # Both reports belong to model vit1x2x3: instances 1 ms and 3 ms pooled -> mean 2, std sqrt(2).
     assert (pooled.height, row["model"], row["instances"]) == (1, "vit1x2x3", 2)
@@ -416,7 +424,7 @@ def test_kernel_summary_on_a_hand_built_export(tmp_path):
     b.launch(MAIN_TID, 4, 5, 600, 650, name="relu(float*)")  # 50 ns
     b.launch(MAIN_TID, 6, 7, 700, 9_000, kind="memcpy")  # not a kernel
     path = b.write(tmp_path / "k.sqlite")
-    summary = nsysan.kernels(nsysan.collect([path]))
+    summary = nsysan.kernels(path).frame
     assert summary["name"].to_list() == ["gemm<float>(int)", "relu(float*)"]  # most total time first
     gemm, relu = summary.rows(named=True)
     assert (gemm["report"], gemm["instances"], gemm["total_ns"]) == ("k", 2, 400)
@@ -428,7 +436,7 @@ def test_kernel_summary_on_a_hand_built_export(tmp_path):
     assert gemm["gpu_ms_std"] == pytest.approx(statistics.stdev([1e-4, 3e-4]))
     assert relu["gpu_ms_std"] is None
 
-    short = nsysan.kernels(nsysan.collect([path]), names="short")
+    short = nsysan.kernels(path, names="short").frame
     assert dict(zip(short["name"], short["total_ns"])) == {"gemm": 400, "relu": 50}
 
 
@@ -437,6 +445,9 @@ def test_kernels_of_a_report_without_kernels_is_a_clear_error(tmp_path):
     b.range("a", 0, 1)
     path = b.write(tmp_path / "nvtx_only.sqlite")
     runs = nsysan.collect([path])
-    assert nsysan.kernels(runs).is_empty()
-    assert len(runs.failures) == 1
-    assert str(path) in runs.failures[0].reason and "no CUDA kernels" in runs.failures[0].reason
+    result = nsysan.kernels(runs)
+    assert result.frame.is_empty() and result.analysed == 0
+    assert len(result.failures) == 1
+    assert str(path) in result.failures[0].reason and "no CUDA kernels" in result.failures[0].reason
+    # The collection is not changed: analysing it again reports the failure once again, not twice.
+    assert len(nsysan.kernels(runs).failures) == 1

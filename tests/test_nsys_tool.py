@@ -7,16 +7,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from nsysan import nsys_tool
 from nsysan.nsys_tool import NsysNotFoundError, find_nsys, parse_version
-from support import process_alive
 
 
 def fake_nsys(path: Path, version: str, *, parquet: bool = True) -> Path:
@@ -140,30 +136,6 @@ def test_real_nsys_version_and_export_types(which: str, request: pytest.FixtureR
     assert importer is not None and importer.name == "QdstrmImporter"
 
 
-def test_run_timeout_kills_the_whole_process_group(tmp_path: Path) -> None:
-    pidfile = tmp_path / "grandchild.pid"
-    start = time.monotonic()
-    done = nsys_tool.run(["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.5)
-    assert done.timed_out and not done.cancelled
-    assert time.monotonic() - start < 10
-    grandchild = int(pidfile.read_text())
-    deadline = time.monotonic() + 5
-    while process_alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not process_alive(grandchild), "the sleep started by the command outlived the timeout"
-
-
-def test_run_cancel_and_output(tmp_path: Path) -> None:
-    cancel = threading.Event()
-    threading.Timer(0.3, cancel.set).start()
-    done = nsys_tool.run(["/bin/sh", "-c", "echo started; sleep 60"], cancel=cancel)
-    assert done.cancelled and done.stdout == "started\n" and done.seconds < 10
-    ok = nsys_tool.run([sys.executable, "-c", "import sys; print('out'); print('Exportation error: bad.', file=sys.stderr); sys.exit(4)"])
-    assert (ok.returncode, ok.stdout, ok.message()) == (4, "out\n", "bad")
-    killed = nsys_tool.run(["/bin/sh", "-c", "kill -9 $$"])
-    assert killed.killed_by == "SIGKILL"
-
-
 # Excerpts of `nsys export --help`: 2025.3 mentions --type=json under another option before listing the types.
 HELP_2025 = """	--include-json=
            Please note that this flag has nothing to do with JSON exports,
@@ -193,17 +165,3 @@ def test_parse_export_types() -> None:
     assert nsys_tool.parse_export_types(HELP_2022) == ("sqlite", "hdf", "text", "arrow", "json", "info")
     # An unknown layout: the known type names it mentions.
     assert nsys_tool.parse_export_types("--type sqlite|parquetdir") == ("sqlite", "parquetdir")
-
-
-def test_last_message_skips_progress_lines() -> None:
-    output = "Processing 4261 events: [1%    ]\rProcessing 4261 events: [100%]\nExportation error: Cannot read from stream.\n"
-    assert nsys_tool.last_message(output) == "Cannot read from stream"
-    assert nsys_tool.last_message("Generated:\n    /tmp/a.sqlite\n") == "/tmp/a.sqlite"
-
-
-def test_last_message_ignores_words_inside_paths():
-    from nsysan.nsys_tool import last_message
-
-    output = "ERROR: importer crashed\nSaved the log to /tmp/error_logs/failed_runs/x.log\n"
-    assert last_message(output) == "importer crashed"
-    assert last_message("Generated:\n    /data/errors/run.nsys-rep\n") == "/data/errors/run.nsys-rep"

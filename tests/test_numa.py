@@ -14,6 +14,7 @@ import math
 import re
 import sqlite3
 from collections import defaultdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,11 @@ import pytest
 from typer.testing import CliRunner
 
 import nsysan
-from nsysan.analyses.compare import stage_samples
+from nsysan.analyses.compare import Settings, stage_observations
 from nsysan.analyses.numa import ASSUMED_LOWEST, NumaNotComparable, numa_heatmap, numa_pairs, numa_penalty
-from nsysan.cli_compare import app
+from nsysan.cli import app
+from nsysan.engine import pooled
+from nsysan.selection import Selection
 from nsysan.testing.synthetic import copy_export, stretch_copies
 
 COPY_FACTOR = 1.5
@@ -49,7 +52,10 @@ def sweep(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def samples(sweep) -> pl.DataFrame:
-    return stage_samples(nsysan.collect([sweep]), exclude_within="warmup_*")
+    """Tagged stage observations; the default selection leaves warm-up out and pools batch_* as _independent does."""
+    result = pooled(sweep, partial(stage_observations, select=Selection()), by=())
+    assert result.ok, result.failures
+    return result.frame
 
 
 @pytest.fixture(scope="module")
@@ -248,7 +254,7 @@ def test_single_node_cli_prints_the_sentence_not_a_table():
     result = CliRunner().invoke(app, ["numa", str(_sample("vit0x0x0")), "--exclude-within", "warmup_*"])
     assert result.exit_code == 0, result.output
     assert "only one NUMA node" in result.output and "NUMA node 0" in result.output
-    assert "┃" not in result.output and "penalty_pct" not in result.output
+    assert "─" not in result.output and "penalty_pct" not in result.output  # no table rule, no table header
 
 
 def test_runs_that_differ_in_more_than_the_node_are_not_paired(samples):
@@ -260,8 +266,9 @@ def test_runs_that_differ_in_more_than_the_node_are_not_paired(samples):
     stamped = samples.with_columns(timestamp=pl.col("report"))
     with pytest.raises(NumaNotComparable):
         numa_penalty(stamped)
-    quick = {"adjust": "none", "resamples": 100}  # only the pairing matters here
-    assert numa_penalty(stamped, ignore=["timestamp"], **quick).height == numa_penalty(samples, **quick).height
+    quick = Settings(adjust="none", resamples=100)  # only the pairing matters here
+    assert (numa_penalty(stamped, ignore=["timestamp"], settings=quick).height
+            == numa_penalty(samples, settings=quick).height)
 
 
 def test_most_sensitive_models_first(samples):
@@ -270,7 +277,8 @@ def test_most_sensitive_models_first(samples):
         value=pl.when((pl.col("model") == "vit32x6x512") & (pl.col("numa") == 1)
                       & pl.col("metric").is_in(["range_ns", "cycle_ns"]))
         .then(pl.col("value") * 1.3).otherwise(pl.col("value")))
-    result = numa_penalty(slower, adjust="none", resamples=100)  # the order does not depend on the intervals
+    # The order does not depend on the intervals.
+    result = numa_penalty(slower, settings=Settings(adjust="none", resamples=100))
     assert result["model"][0] == "vit32x6x512"
     assert result.filter(pl.col("model") == "vit32x6x512")["sensitivity_pct"].unique().item() == pytest.approx(30.0)
     # Rows of one group stay together: the group changes only where the next group starts.

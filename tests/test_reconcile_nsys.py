@@ -26,7 +26,12 @@ import polars as pl
 import pytest
 
 import nsysan
+from nsysan.analyses.kernels import kernel_durations, kernel_summary
+from nsysan.analyses.latency import latency_summary, range_trace
+from nsysan.selection import Selection
 from support import nsys_stats as run_nsys_stats
+
+EVERYTHING = Selection.everything()
 
 GPU_RUN = sorted((Path(__file__).parent / "fixtures" / "gpu_run").glob("*.sqlite"))
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in [*nsysan.sample_paths(), *GPU_RUN]}
@@ -53,7 +58,7 @@ def h100_traces() -> dict[str, pl.DataFrame]:
     traces = {}
     for name, path in SAMPLES.items():
         with nsysan.open(path) as report:
-            traces[name] = nsysan.range_trace(report)
+            traces[name] = range_trace(report)
     return traces
 
 
@@ -83,7 +88,7 @@ def our_projection_summary(trace: pl.DataFrame) -> pl.DataFrame:
     """latency_summary's GPU columns, plus the CPU time of the instances that launched GPU work: nsys's
     "Total Range Time" counts only those (nvtx_gpu_proj_sum lists projected instances only), while our
     ``range_total_ns`` counts every instance."""
-    summary = nsysan.latency_summary(trace, by=())
+    summary = latency_summary(trace, by=(), select=EVERYTHING)
     gpu_range = (trace.filter(pl.col("gpu_ops") > 0).group_by("range", "style")
                  .agg(pl.col("range_ns").sum().alias("gpu_range_total_ns")))
     return (summary.filter(pl.col("gpu_instances") > 0)
@@ -121,7 +126,7 @@ def load_ranges(export: Path) -> tuple[pl.DataFrame, set[tuple[str, str]]]:
     """range_trace of an export, and the (range, style) keys that have an instance that never ended."""
     with nsysan.open(export) as report:
         unended = set(report.sql("SELECT DISTINCT name, style FROM nvtx_ranges WHERE unended").fetchall())
-        return nsysan.range_trace(report), unended
+        return range_trace(report), unended
 
 
 def reconcile_nvtx_sum(theirs: pl.DataFrame, trace: pl.DataFrame, unended: set[tuple[str, str]], what: str) -> None:
@@ -133,7 +138,7 @@ def reconcile_nvtx_sum(theirs: pl.DataFrame, trace: pl.DataFrame, unended: set[t
     event (marks, domain creation included), and for nsysan (as for nvtx_gpu_proj_sum) at the last
     timestamp of a *range* event. So the total time of a (range, style) with unended instances is left out;
     its instance count is still compared. (None of the exports here has unended ranges.)"""
-    summary = nsysan.latency_summary(trace, by=())
+    summary = latency_summary(trace, by=(), select=EVERYTHING)
     assert_same_keys(set(theirs.select("Range", "Style").iter_rows()),
                      set(summary.select("range", "style").iter_rows()), f"{what}: ranges")
     joined = theirs.join(summary, left_on=["Range", "Style"], right_on=["range", "style"], how="inner")
@@ -185,14 +190,14 @@ def reconcile_kernels(theirs: pl.DataFrame, ours: pl.DataFrame, what: str) -> No
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
 def test_kernel_summary_matches_cuda_gpu_kern_sum(sample: str, names: str, h100_stats) -> None:
     with nsysan.open(SAMPLES[sample]) as report:
-        ours = nsysan.kernel_summary(nsysan.kernel_durations(report, names=names), by=())  # type: ignore[arg-type]
+        ours = kernel_summary(kernel_durations(report, names=names, select=EVERYTHING), by=())  # type: ignore[arg-type]
     reconcile_kernels(h100_stats[sample][NAME_REPORTS[names]], ours, f"{sample} ({names} names)")
 
 
 # -- the same through the command line -------------------------------------------------------------------------
 
 def run_cli(*args: str) -> pl.DataFrame:
-    done = subprocess.run([sys.executable, "-m", "nsysan.cli", *args], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "nsysan", *args], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, f"nsysan {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return pl.read_csv(io.StringIO(done.stdout), schema_overrides={"report": pl.String, "range": pl.String,
                                                                     "name": pl.String},
@@ -200,8 +205,9 @@ def run_cli(*args: str) -> pl.DataFrame:
 
 
 def test_cli_latency_matches_nvtx_gpu_proj_sum(h100_stats) -> None:
-    """``nsysan latency SAMPLES... --format csv``: per report, the GPU columns equal nvtx_gpu_proj_sum."""
-    out = run_cli("latency", *map(str, SAMPLES.values()), "--format", "csv")
+    """``nsysan latency SAMPLES... --all-instances --no-merge-numbered --format csv`` (what nsys counts): per
+    report, the GPU columns equal nvtx_gpu_proj_sum."""
+    out = run_cli("latency", *map(str, SAMPLES.values()), "--all-instances", "--no-merge-numbered", "--format", "csv")
     assert set(out["report"]) == set(SAMPLES)
     for sample in SAMPLES:
         theirs = h100_stats[sample]["nvtx_gpu_proj_sum"]
@@ -214,7 +220,7 @@ def test_cli_latency_matches_nvtx_gpu_proj_sum(h100_stats) -> None:
 
 
 def test_cli_kernels_short_names_match_cuda_gpu_kern_sum_base(h100_stats) -> None:
-    out = run_cli("kernels", *map(str, SAMPLES.values()), "--names", "short", "--format", "csv")
+    out = run_cli("kernels", *map(str, SAMPLES.values()), "--names", "short", "--all-instances", "--format", "csv")
     assert set(out["report"]) == set(SAMPLES)
     for sample in SAMPLES:
         reconcile_kernels(h100_stats[sample]["cuda_gpu_kern_sum:base"], out.filter(pl.col("report") == sample),

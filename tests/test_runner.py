@@ -4,11 +4,8 @@ timeouts that stop everything, resume."""
 from __future__ import annotations
 
 import json
-import os
-import signal
+import re
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,12 +13,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from nsysan import cli_run
+from nsysan import host
 from nsysan.cli import app as nsysan_app
-from nsysan.runner import machine as machine_mod
-from nsysan.runner import process
+from nsysan.cli import run as cli_run
+from nsysan.host import Gpu, Machine
 from nsysan.runner.config import ConfigError, compose_jobs, experiments
-from nsysan.runner.machine import Gpu, Machine
 from nsysan.runner.plan import plan
 
 STAGES = ("preprocess", "h2d", "forward", "d2h")
@@ -48,7 +44,7 @@ def nsysan_run(*args: str):
 
 
 def one_node() -> bool:
-    return len(machine_mod.numa_nodes()[0]) == 1
+    return len(host.numa_nodes()[0]) == 1
 
 
 def fake_machine(gpus: list[Gpu] | None = None, nodes: tuple[int, ...] = (0, 1)) -> Machine:
@@ -128,20 +124,6 @@ def test_missing_nodes_and_gpus_are_skipped_with_reasons():
     assert all(r.skip and r.skip.startswith(("no GPU found", "NUMA node 3")) for r in study.runs)
 
 
-def test_gpus_from_nvidia_smi_and_cuda_visible_devices(tmp_path, monkeypatch):
-    smi = tmp_path / "nvidia-smi"
-    smi.write_text("#!/bin/sh\necho '0, NVIDIA H100, 00000000:1B:00.0, GPU-aaa'\n"
-                   "echo '1, NVIDIA H100, 00000000:9B:00.0, GPU-bbb'\n")
-    smi.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    gpus, source = machine_mod.list_gpus(environ={})
-    assert [(g.index, g.bus_id, g.uuid) for g in gpus] == [(0, "0000:1b:00.0", "GPU-aaa"),
-                                                            (1, "0000:9b:00.0", "GPU-bbb")]
-    gpus, source = machine_mod.list_gpus(environ={"CUDA_VISIBLE_DEVICES": "1"})
-    assert [(g.index, g.uuid) for g in gpus] == [(0, "GPU-bbb")] and "CUDA_VISIBLE_DEVICES" in source
-    assert machine_mod.parse_list("0-2,5") == [0, 1, 2, 5]
-
-
 def test_dry_run_prints_every_run_and_writes_nothing(tmp_path):
     out = tmp_path / "out"
     result = nsysan_run("experiment=numa_study", "hardware=cpu", f"output_dir={out}", "--dry-run")
@@ -151,7 +133,8 @@ def test_dry_run_prints_every_run_and_writes_nothing(tmp_path):
         for numa in job.cfg["hardware"]["numa_nodes"]:
             for model in job.cfg["models"]:
                 name = f"pipeline_gpu{gpu}_numa{numa}_{model}"
-                assert f"│ {name} " in result.stdout and f"\n  {name}: " in result.stdout  # table and command
+                assert re.search(rf"^\s*\d+\s+{name}\s", result.stdout, re.M), name  # in the table
+                assert f"\n  {name}: " in result.stdout  # and its command
     assert "CPU mode has no GPUs" in result.stdout
     assert not out.exists()
     as_json = json.loads(nsysan_run("experiment=quick_test", "hardware=cpu", f"output_dir={out}", "--dry-run",
@@ -164,46 +147,6 @@ def test_usage_errors_exit_2():
     assert nsysan_run("test.num_samples=1,2", "--dry-run").exit_code == 2
     result = nsysan_run("--list")
     assert result.exit_code == 0 and "numa_study" in result.stdout
-
-
-# -- stopping runs -------------------------------------------------------------------------------------------
-
-CHILD = ("import subprocess, sys, time; "
-         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True); "
-         "print(p.pid, flush=True); time.sleep(120)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _grandchild(log: Path) -> int:
-    for line in log.read_text().splitlines():
-        if line.strip().isdigit():
-            return int(line)
-    raise AssertionError(log.read_text())
-
-
-def test_timeout_stops_the_whole_tree(tmp_path):
-    """Like nsys, the child starts its program in a session of its own: that one is stopped too."""
-    log = tmp_path / "run.log"
-    outcome = process.run_logged([sys.executable, "-c", CHILD], log, timeout=1.5)
-    assert outcome.timed_out and outcome.seconds < 15
-    grandchild = _grandchild(log)
-    time.sleep(0.2)
-    assert not _alive(grandchild)
-
-
-def test_sigterm_stops_the_run_and_interrupts(tmp_path):
-    log = tmp_path / "run.log"
-    with pytest.raises(process.Interrupted), process.terminations_interrupt():
-        threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        process.run_logged([sys.executable, "-c", CHILD], log, timeout=60)
-    time.sleep(0.2)
-    assert not _alive(_grandchild(log))
 
 
 # -- real studies under nsys (CPU mode) ----------------------------------------------------------------------
@@ -267,9 +210,9 @@ def test_sidecars(quick_study, nsys):
         assert meta["batch_size"] == job.cfg["test"]["batch_size"] and meta["samples_per_s"] > 0
         assert meta["samples_per_s"] == record["samples_per_s"]
         binding = meta["binding"]
-        assert binding["cpus"] == machine_mod.parse_list(binding["cpus_allowed_list"])
+        assert binding["cpus"] == host.parse_list(binding["cpus_allowed_list"])
         if record["bind"]:  # numactl --cpunodebind=0 --membind=0 is what the run had
-            assert binding["cpus"] == machine_mod.parse_list(machine_mod.numa_nodes()[2][0])
+            assert binding["cpus"] == host.parse_list(host.numa_nodes()[2][0])
             assert binding["mems"] == [0]
         assert meta["config"]["num_samples"] == job.cfg["test"]["num_samples"]
         assert meta["versions"]["nsys"] == results["nsys"]["version"] and meta["versions"]["nvtx_backend"] == "nvtx"
@@ -298,7 +241,7 @@ def test_resume_skips_finished_runs(quick_study, nsys):
 
 def test_failures_are_isolated_and_missing_nodes_skipped(nsys, tmp_path):
     """A model that raises fails alone; its leftovers leave nsys_reports/; a node that does not exist is skipped."""
-    nodes = machine_mod.numa_nodes()[0]
+    nodes = host.numa_nodes()[0]
     missing = max(nodes) + 5
     result = nsysan_run(*QUICK, "models=[vit48x2x128,vit0x0x0]", f"hardware.numa_nodes=[0,{missing}]",
                         f"output_dir={tmp_path}", f"nsys.path={nsys}")

@@ -13,11 +13,15 @@ import polars as pl
 import pytest
 
 import nsysan
+from nsysan.analyses.latency import latency_summary, range_trace
+from nsysan.selection import Selection
+
+EVERYTHING = Selection.everything()
 
 
 def trace_of(export: Path) -> pl.DataFrame:
     with nsysan.open(export) as report:
-        return nsysan.range_trace(report)
+        return range_trace(report)
 
 
 def version_of(export: Path):
@@ -108,8 +112,8 @@ def test_parquetdir_range_ids_equal_sqlite_range_ids(cpu_capture_2023) -> None:
 
 def test_parquetdir_summary_equals_sqlite_summary(cpu_capture_2023) -> None:
     """latency_summary over both exports of one report is identical (statistics included)."""
-    a = nsysan.latency_summary(trace_of(cpu_capture_2023.sqlite), by=())
-    b = nsysan.latency_summary(trace_of(cpu_capture_2023.parquetdir), by=())
+    a = latency_summary(trace_of(cpu_capture_2023.sqlite), by=(), select=EVERYTHING)
+    b = latency_summary(trace_of(cpu_capture_2023.parquetdir), by=(), select=EVERYTHING)
     assert not a.is_empty()
     same = a.equals(b)
     assert same, f"sqlite:\n{a}\nparquetdir:\n{b}"

@@ -16,9 +16,10 @@ from typer.testing import CliRunner
 
 import nsysan
 from builders import ExportBuilder
-from nsysan.analyses.throughput import batch_size_of, batch_trace, throughput, throughput_summary
-from nsysan.cli_gpu import app
+from nsysan.analyses.throughput import batch_size_of, batch_trace, throughput_summary
+from nsysan.cli import app
 from nsysan.sample import sample_dir
+from nsysan.selection import Selection
 
 FIXTURES = Path(__file__).parent / "fixtures" / "h100"
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
@@ -40,11 +41,16 @@ def batches_export(path: Path, durations: list[int], *, warmup: int = 1, gap: in
     return path
 
 
+def only_row(result: nsysan.Result) -> dict:
+    assert result.ok, result.failures
+    assert result.frame.height == 1, result.frame
+    return result.frame.row(0, named=True)
+
+
 def test_measured_batches_and_rates_by_hand(tmp_path):
     path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 2000, 3000, 4000],
                           sidecar={"batch_size": 8})
-    out = throughput(nsysan.collect([path]))
-    r = out.row(0, named=True)
+    r = only_row(nsysan.throughput(path))
     # Warm-up dropped; 4 batches of 8 samples.
     assert (r["runs"], r["batches"], r["batch_size"], r["samples"]) == (1, 4, 8, 32)
     assert r["batch_size_source"] == "sidecar:batch_size"
@@ -70,7 +76,9 @@ def test_only_outer_batch_ranges_count(tmp_path):
 
 def test_unknown_batch_size_is_said_not_guessed(tmp_path):
     path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000])
-    r = throughput(nsysan.collect([path])).row(0, named=True)
+    result = nsysan.throughput(path)
+    assert any("batch size unknown" in note for note in result.notes), result.notes
+    r = only_row(result)
     assert r["batch_size"] is None and r["samples"] is None and r["samples_per_s"] is None
     assert r["batches_per_s"] == pytest.approx(2 / 2010e-9)
     assert "batch size unknown" in r["note"]
@@ -86,16 +94,16 @@ def test_batch_size_sources(tmp_path):
     assert batch_size_of({}, "pipeline_gpu0_numa0_vit1x1x1_pageable") == (None, None)
     assert batch_size_of({"batch_size": True}) == (None, None)
     named = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1_bs4.sqlite", [1000])
-    r = throughput(nsysan.collect([named])).row(0, named=True)
+    r = only_row(nsysan.throughput(named))
     assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "name", 4)
-    forced = throughput(nsysan.collect([named]), batch_size=3).row(0, named=True)
+    forced = only_row(nsysan.throughput(named, batch_size=3))
     assert (forced["batch_size"], forced["batch_size_source"]) == (3, "argument")
 
 
 def test_grouping_pools_runs(tmp_path):
     a = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000], sidecar={"batch": 2})
     b = batches_export(tmp_path / "pipeline_gpu0_numa1_vit1x1x1.sqlite", [3000], sidecar={"batch": 4})
-    r = throughput(nsysan.collect([a, b]), by=["model"]).row(0, named=True)
+    r = only_row(nsysan.throughput([a, b], by=["model"]))
     # Windows add up (2010 + 3000 ns, separate clocks); samples 2*2 + 4 = 8; mixed batch sizes -> null.
     assert (r["runs"], r["batches"], r["window_ns"], r["samples"], r["batch_size"]) == (2, 3, 5010, 8, None)
     assert r["samples_per_s"] == pytest.approx(8 / 5010e-9)
@@ -115,10 +123,10 @@ def test_one_report_without_collection_tags(tmp_path):
 def test_custom_pattern_and_no_batches(tmp_path):
     path = batches_export(tmp_path / "case.sqlite", [1000, 2000])
     with nsysan.open(path) as report:
-        steps = batch_trace(report, pattern="warmup_*", exclude_within=None)
+        steps = batch_trace(report, select=Selection.everything(batches="warmup_*"))
         assert steps["batch_ns"].to_list() == [100]
         with pytest.raises(nsysan.MissingDataError, match="no measured batches"):
-            batch_trace(report, pattern="step_*")
+            batch_trace(report, select=Selection(batches="step_*"))
 
 
 def test_cli_formats(tmp_path):
@@ -148,10 +156,9 @@ def test_sample_sidecars_state_the_batch_size():
 
 @pytest.fixture(scope="module")
 def sweep() -> dict[str, dict]:
-    runs = nsysan.collect(list(SAMPLES.values()))
-    out = throughput(runs)
-    assert not runs.failures
-    return {r["report"]: r for r in out.iter_rows(named=True)}
+    out = nsysan.throughput(list(SAMPLES.values()))
+    assert out.ok, out.failures
+    return {r["report"]: r for r in out.frame.iter_rows(named=True)}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -169,7 +176,7 @@ def test_samples_match_the_workloads_own_timing(sweep, name):
 
 
 def test_by_model_pools_the_pinned_and_pageable_runs():
-    runs = nsysan.collect(list(SAMPLES.values()))
-    pooled = {r["model"]: r for r in throughput(runs, by=["model"]).iter_rows(named=True)}
+    result = nsysan.throughput(list(SAMPLES.values()), by=["model"])
+    pooled = {r["model"]: r for r in result.frame.iter_rows(named=True)}
     r = pooled["vit32x6x512"]
     assert (r["runs"], r["batches"], r["samples"]) == (2, 60, 600)

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 
 import nsysan
+from nsysan.analyses.latency import range_trace
 
 TRUTH_DIR = Path(__file__).parent / "fixtures" / "h100"
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
@@ -44,7 +45,7 @@ def stage_times() -> dict[str, pl.DataFrame]:
         records = pl.DataFrame(truth["records"]).select(
             "tag", "i", *[pl.col(f"{stage}_ms").cast(pl.Float64) for stage in STAGES])
         with nsysan.open(SAMPLES[name]) as report:
-            trace = nsysan.range_trace(report)
+            trace = range_trace(report)
         out[name] = _join_stages(records, trace, name)
     return out
 
@@ -112,7 +113,7 @@ CPU_EXPORTS = [("2023", "sqlite"), ("2023", "parquetdir"), ("2022", "sqlite")]
 def test_cpu_range_counts_match_workload(release: str, form: str, request: pytest.FixtureRequest) -> None:
     capture = request.getfixturevalue(f"cpu_capture_{release}")
     with nsysan.open(getattr(capture, form)) as report:
-        trace = nsysan.range_trace(report)
+        trace = range_trace(report)
     counts = dict(trace.group_by("range").len().iter_rows())
     # The workload's own word, including the domain range io:write, the start/end range epoch and the
     # worker threads' ranges. (If ranges vanish here, check the pinned nvtx < 0.2.12: pyproject.toml.)
@@ -133,7 +134,7 @@ def test_cpu_range_nesting_matches_workload(release: str, form: str, request: py
     workers' ranges at the top of their threads."""
     capture = request.getfixturevalue(f"cpu_capture_{release}")
     with nsysan.open(getattr(capture, form)) as report:
-        trace = nsysan.range_trace(report)
+        trace = range_trace(report)
     parents = dict(trace.filter(pl.col("range") != "iteration").select("range", "parent").unique().iter_rows())
     assert parents == {"load": "iteration", "compute": "iteration", "inner": "compute", "io:write": "iteration",
                        "worker": None, "epoch": None}

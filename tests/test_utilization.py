@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
-from nsysan.analyses import utilization as ut
-from nsysan.analyses.utilization import gpu_utilization, top_kernels, utilization, utilization_summary
-from nsysan.cli_gpu import app
+from nsysan import defaults, intervals
+from nsysan.analyses.utilization import gpu_utilization, top_kernels, utilization_summary
+from nsysan.cli import app
+from nsysan.selection import Selection
 
 SAMPLES = {path.name.removesuffix(".sqlite"): path for path in nsysan.sample_paths()}
 
@@ -55,8 +56,8 @@ def pipeline(tmp_path: Path, name: str = "case") -> Path:
 
 
 def summary(path: Path, **options) -> dict:
-    short = options.pop("short_gap_ns", ut.SHORT_GAP_NS)
-    launch_gap = options.pop("launch_gap_ns", ut.LAUNCH_GAP_NS)
+    short = options.pop("short_gap_ns", defaults.SHORT_GAP_NS)
+    launch_gap = options.pop("launch_gap_ns", defaults.LAUNCH_GAP_NS)
     with nsysan.open(path) as report:
         parts = gpu_utilization(report, **options)
     out = utilization_summary(parts.with_columns(report=pl.lit("r")), short_gap_ns=short, launch_gap_ns=launch_gap)
@@ -110,7 +111,7 @@ def test_batches_window_skips_warmup(tmp_path):
     # batch_1 [50,1000): kernels 200 + 10 + 4 + 5 = 219 (warm-up kernel W at 30..40 is outside).
     assert (r["window_instances"], r["window_ns"], r["kernel_busy_ns"], r["copy_busy_ns"]) == (1, 950, 219, 200)
     # Without excluding warm-up, warmup_0 does not match batch_* anyway; a glob matching both widens it.
-    both = summary(pipeline(tmp_path), window="batches", batch_pattern="*_[01]", exclude_within=None)
+    both = summary(pipeline(tmp_path), window="batches", select=Selection.everything(batches="*_[01]"))
     assert (both["window_instances"], both["window_ns"], both["kernel_busy_ns"]) == (2, 1000, 229)
 
 
@@ -152,8 +153,9 @@ def test_missing_window_is_an_error_naming_the_range(tmp_path):
 
 def test_grouping_pools_windows_and_gaps(tmp_path):
     paths = [pipeline(tmp_path, f"pipeline_gpu0_numa{n}_vit1x1x1") for n in (0, 1)]
-    pooled = utilization(nsysan.collect(paths), by=["model"], window="forward")
-    r = pooled.row(0, named=True)
+    pooled = nsysan.utilization(paths, by=["model"], window="forward")
+    assert pooled.ok, pooled.failures
+    r = pooled.frame.row(0, named=True)
     assert (r["model"], r["window_ns"], r["kernel_busy_ns"], r["idle_gaps"]) == ("vit1x1x1", 880, 428, 4)
     assert r["utilization_pct"] == pytest.approx(100 * 428 / 880)
 
@@ -189,13 +191,13 @@ def covered(starts: np.ndarray, ends: np.ndarray) -> set[int]:
 @settings(max_examples=60, deadline=None)
 @given(intervals_st, intervals_st)
 def test_interval_helpers_match_brute_force(ops, window):
-    merged = ut._merge(*ops)
+    merged = intervals.merge(*ops)
     assert covered(*merged) == covered(*ops)
     assert all(np.diff(merged[0]) > 0) and all(merged[0][1:] > merged[1][:-1])  # sorted, disjoint, not touching
-    win = ut._merge(*window)
-    inter = ut._intersect(merged, win)
+    win = intervals.merge(*window)
+    inter = intervals.intersect(merged, win)
     assert covered(*inter) == covered(*ops) & covered(*win)
-    clipped = ut._clipped_lengths(*ops, win)
+    clipped = intervals.clipped_lengths(*ops, win)
     assert clipped.tolist() == [len(covered(np.array([s]), np.array([e])) & covered(*win))
                                 for s, e in zip(*ops)]
 
@@ -219,9 +221,12 @@ def nsys_kernel_total(nsys: str, export: Path, folder: Path) -> int:
 @pytest.fixture(scope="module")
 def sweep() -> dict[str, pl.DataFrame]:
     runs = nsysan.collect(list(SAMPLES.values()))
-    out = {window: utilization(runs, window=window) for window in ("capture", "forward")}
-    assert not runs.failures, runs.failures
-    return out
+    # The capture is reconciled with nsys stats, which counts every instance; forward is measured batches only.
+    out = {"capture": nsysan.utilization(runs, window="capture", select=Selection.everything()),
+           "forward": nsysan.utilization(runs, window="forward")}
+    for result in out.values():
+        assert result.ok, result.failures
+    return {window: result.frame for window, result in out.items()}
 
 
 def by_report(frame: pl.DataFrame) -> dict[str, dict]:

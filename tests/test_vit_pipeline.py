@@ -212,8 +212,8 @@ def test_capture_under_nsys_async(nsys, tmp_path):
                            "--out-meta", str(meta)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     nsysan.export([rep], nsys=nsys)
-    runs = nsysan.collect([tmp_path])
-    table = nsysan.latency(runs, by=["model", "variant"], exclude_within="warmup_*", merge_numbered=True)
+    # The default selection: warm-up (warmup_*, warmup_prefetch_*) left out, numbered ranges pooled.
+    table = nsysan.latency(tmp_path, by=["model", "variant"]).frame
     counts = dict(zip(table["range"].to_list(), table["instances"].to_list()))
     assert counts == {"batch_*": 3, "prefetch_*": 3, **dict.fromkeys(STAGES, 3)}
     assert set(table["variant"].to_list()) == {"async"}

@@ -12,39 +12,39 @@ Definitions (docs/metrics.md, "Copy bandwidth"):
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.attribution import gather, launch_ranges, launches, range_nesting
-from nsysan.collection import Collection
+from nsysan.attribution import kept_ops, op_stages
+from nsysan.defaults import TINY_BYTES, TINY_COUNT_PCT
+from nsysan.intervals import union_piece
 from nsysan.load import Report
+from nsysan.selection import DEFAULT, Selection, pool_names
 from nsysan.sql import query
 
 COPY_KEYS = ("direction", "src_kind", "dst_kind")
-#: Copies smaller than this are "tiny" (per-copy overhead of a few µs dominates their transfer time).
-TINY_BYTES = 64 * 1024
-#: A group is flagged when at least this share of its copies (by count) are tiny.
-TINY_COUNT_PCT = 50.0
-_NUMBERED = re.compile(r"([_\-.:]?)\d+$")
+#: Columns of :func:`copy_trace` besides ``report`` and run metadata that summaries can be grouped by.
+ROW_KEYS = ("device_id", "stream_id", "src_device_id", "dst_device_id")
 
 
-def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = False) -> pl.DataFrame:
-    """One row per memory copy (and memset unless ``include_memset`` is False).
+def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = False,
+               select: Selection = DEFAULT) -> pl.DataFrame:
+    """One row per memory copy (and memset unless ``include_memset`` is False) that ``select`` keeps (those
+    launched inside warm-up ranges are left out).
 
     Columns: ``op`` (memcpy/memset), ``start_ns``, ``end_ns``, ``duration_ns``, ``bytes``, ``direction``,
     ``src_kind``, ``dst_kind`` (labels from the export's ENUM tables), ``device_id``, ``stream_id``,
-    ``api`` (name of the CUDA call that launched it; null without a CUDA API trace), ``is_async`` (the call
-    is an ``...Async`` variant), ``pageable`` (source or destination is pageable host memory); with
-    ``by_stage``: ``stage`` (name of the innermost NVTX range whose thread launched the copy inside it; null
-    outside any range) and ``stage_range_id``.
+    ``src_device_id``, ``dst_device_id``, ``api`` (name of the CUDA call that launched it; null without a CUDA
+    API trace), ``is_async`` (the call is an ``...Async`` variant), ``pageable`` (source or destination is
+    pageable host memory), ``global_pid``, ``correlation_id``; with ``by_stage``: ``stage`` (name of the
+    innermost NVTX range whose thread launched the copy inside it; null outside any range) and
+    ``stage_range_id``.
     """
     has_any = report.has("CUPTI_ACTIVITY_KIND_MEMCPY") or (include_memset and report.has("CUPTI_ACTIVITY_KIND_MEMSET"))
     if not has_any:
         report.require("CUPTI_ACTIVITY_KIND_MEMCPY", purpose="copy bandwidth")
-    copies = report.frame(query("copies"))
+    copies = kept_ops(report, report.frame(query("copies")), select)
     if not include_memset:
         copies = copies.filter(pl.col("op") == "memcpy")
     copies = copies.with_columns(
@@ -54,43 +54,22 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
     )
     if by_stage:
         report.require("NVTX_EVENTS", "CUPTI_ACTIVITY_KIND_RUNTIME", purpose="copy bandwidth by stage")
-        stages = op_stages(report)
+        names = report.frame("SELECT range_id AS stage_range_id, name AS stage FROM nvtx_ranges")
+        stages = op_stages(report).join(names, on="stage_range_id", how="left")
         copies = copies.join(stages, on=["global_pid", "correlation_id"], how="left")
     return copies.drop("global_tid").sort("start_ns", "end_ns")
 
 
-def op_stages(report: Report) -> pl.DataFrame:
-    """The innermost NVTX range that launched each GPU op: ``global_pid``, ``correlation_id``,
-    ``stage_range_id``, ``stage`` (the range's name). Ops launched outside every range are absent.
-
-    Same rule as the GPU projection of :func:`nsysan.range_trace`: the launching CUDA call lies inside the
-    range on the same thread; of those ranges the deepest one is the stage."""
-    nesting = range_nesting(report)
-    one_row_per_launch = launches(report).unique(["global_tid", "correlation_id"]).with_columns(
-        global_pid=pl.col("global_tid") - pl.col("global_tid") % (1 << 24))  # the thread id less its tid bits
-    innermost = (gather(one_row_per_launch, launch_ranges(one_row_per_launch, nesting), "global_pid",
-                        "correlation_id")
-                 .join(nesting.select("range_id", "level", "start_ns"), on="range_id")
-                 .sort("level", "start_ns", "range_id", descending=True)
-                 .unique(["global_pid", "correlation_id"], keep="first"))
-    names = report.frame("SELECT range_id, name AS stage FROM nvtx_ranges")
-    return innermost.join(names, on="range_id", how="left").rename({"range_id": "stage_range_id"}).select(
-        "global_pid", "correlation_id", "stage", "stage_range_id")
-
-
 def _union_per_group(copies: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Length of the union of copy intervals per ``keys`` group (keys must include ``report`` if present)."""
-    prev = pl.col("end_ns").cum_max().shift(1)
-    frame = copies.sort("start_ns", "end_ns").with_columns(_prev=prev.over(keys) if keys else prev)
-    covered = (pl.col("end_ns") - pl.max_horizontal("start_ns", pl.col("_prev").fill_null(pl.col("start_ns"))))
-    frame = frame.with_columns(_cover=covered.clip(lower_bound=0))
+    frame = copies.sort("start_ns", "end_ns").with_columns(_cover=union_piece("start_ns", "end_ns", over=keys))
     if not keys:
         return pl.DataFrame({"time_union_ns": [int(frame["_cover"].sum())]})
     return frame.group_by(keys).agg(pl.col("_cover").sum().cast(pl.Int64).alias("time_union_ns"))
 
 
 def bandwidth_summary(copies: pl.DataFrame, *, by: Sequence[str] = ("report",), by_stage: bool = False,
-                      tiny_bytes: int = TINY_BYTES, merge_numbered: bool = False) -> pl.DataFrame:
+                      tiny_bytes: int = TINY_BYTES, select: Selection = DEFAULT) -> pl.DataFrame:
     """Per (``by`` keys, [stage], direction, src_kind, dst_kind): ``copies``, ``bytes_total``,
     ``time_total_ns`` (sum of durations, as nsys), ``bandwidth_gbps`` (bytes_total / time_total_ns),
     ``time_union_ns`` and ``bandwidth_union_gbps`` (union-based variant), ``copy_gbps_{p50,p95,min,max}``
@@ -103,8 +82,7 @@ def bandwidth_summary(copies: pl.DataFrame, *, by: Sequence[str] = ("report",), 
     if by_stage:
         if "stage" not in frame.columns:
             raise ValueError("by_stage needs copies from copy_trace(report, by_stage=True)")
-        if merge_numbered:
-            frame = frame.with_columns(pl.col("stage").str.replace(_NUMBERED.pattern, "${1}*"))
+        frame = pool_names(frame, select, "stage")
     group = [*by, *(["stage"] if by_stage else []), *COPY_KEYS]
     union_keys = list(dict.fromkeys((["report"] if "report" in frame.columns else []) + group))
     unions = _union_per_group(frame, union_keys).group_by(group).agg(pl.col("time_union_ns").sum())
@@ -162,16 +140,14 @@ def size_bucket(nbytes: pl.Expr) -> pl.Expr:
 
 
 def copy_size_histogram(copies: pl.DataFrame, *, by: Sequence[str] = ("report",), by_stage: bool = False,
-                        merge_numbered: bool = False) -> pl.DataFrame:
+                        select: Selection = DEFAULT) -> pl.DataFrame:
     """Copy sizes in power-of-two buckets per (``by`` keys, [stage], direction, src_kind, dst_kind).
 
     A bucket holds the copies with ``size_from_bytes <= bytes < size_to_bytes``, where ``size_from_bytes``
     is a power of two (the bucket for empty copies is [0, 1)). Columns: the keys, ``size_from_bytes``,
     ``size_to_bytes``, ``size_bucket`` (readable label), ``copies``, ``bytes_total``, ``time_total_ns``,
     ``bandwidth_gbps`` (bytes_total / time_total_ns)."""
-    frame = copies
-    if by_stage and merge_numbered:
-        frame = frame.with_columns(pl.col("stage").str.replace(_NUMBERED.pattern, "${1}*"))
+    frame = pool_names(copies, select, "stage") if by_stage else copies
     group = [*by, *(["stage"] if by_stage else []), *COPY_KEYS]
     frame = frame.with_columns(size_from_bytes=size_bucket(pl.col("bytes")))
     out = frame.group_by([*group, "size_from_bytes"]).agg(
@@ -198,18 +174,3 @@ def _human_bytes(nbytes: pl.Expr) -> pl.Expr:
             pl.format("{} " + unit, nbytes // scale)).otherwise(expr)
     return expr
 
-
-
-def bandwidth(runs: Collection, *, by: Sequence[str] = ("report",), by_stage: bool = False,
-              include_memset: bool = True, tiny_bytes: int = TINY_BYTES, merge_numbered: bool = False,
-              histogram: bool = False, progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
-    """Copy bandwidth of every report of ``runs``, grouped by ``by`` (``report`` or metadata keys): the
-    :func:`bandwidth_summary`, or with ``histogram`` the :func:`copy_size_histogram`."""
-    copies = runs.concat(lambda report: copy_trace(report, include_memset=include_memset, by_stage=by_stage),
-                         progress)
-    if copies.is_empty():
-        return copies
-    runs.check_keys(by)
-    if histogram:
-        return copy_size_histogram(copies, by=by, by_stage=by_stage, merge_numbered=merge_numbered)
-    return bandwidth_summary(copies, by=by, by_stage=by_stage, tiny_bytes=tiny_bytes, merge_numbered=merge_numbered)

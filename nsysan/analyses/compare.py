@@ -1,10 +1,10 @@
 """N-way comparison of per-stage metrics between groups of runs, with bootstrap CIs and a verdict.
 
-Two steps, both pure:
+Two steps:
 
-* :func:`stage_samples` reads a :class:`~nsysan.collection.Collection` into one long frame of observations
-  (one row per range instance and metric, one per copy for bandwidth), tagged with ``report`` and the run
-  metadata, warm-up excluded as in ``nsysan latency``;
+* :func:`stage_observations` turns one report into a long frame of observations (one row per range instance
+  and metric, one per copy for bandwidth), for the instances the selection keeps; over many reports they are
+  tagged with ``report`` and the run metadata (:func:`nsysan.compare`);
 * :func:`compare` groups the observations by metadata keys and sets every group against its baseline
   group: per stage and metric the value in each group, the ratio to the baseline, a percentile bootstrap
   CI of the ratio over instances (:mod:`nsysan.bootstrap`) and a verdict that calls a change only when the
@@ -27,16 +27,17 @@ import numpy as np
 import polars as pl
 
 from nsysan.analyses.bandwidth import copy_trace
-from nsysan.analyses.latency import exclude_instances, merge_numbered_names, range_trace
+from nsysan.analyses.latency import instances
 from nsysan.bootstrap import NO_CHANGE, ratio_ci, reducer, verdict
-from nsysan.collection import Collection
+from nsysan.defaults import CONFIDENCE, MIN_EFFECT_PCT, MIN_INSTANCES, RESAMPLES, SEED
 from nsysan.errors import NsysanError
 from nsysan.load import Report
+from nsysan.selection import DEFAULT, Selection, pool_names
 
-#: Columns of :func:`stage_samples` besides the run tags (``report`` and metadata keys).
-SAMPLE_COLUMNS = ("stage", "direction", "level", "metric", "start_ns", "value", "weight")
-SAMPLE_SCHEMA = {"report": pl.String, "stage": pl.String, "direction": pl.String, "level": pl.Int64,
-                 "metric": pl.String, "start_ns": pl.Int64, "value": pl.Float64, "weight": pl.Float64}
+#: Columns of :func:`stage_observations` (the rest of a tagged frame is ``report`` and metadata keys).
+SAMPLE_COLUMNS = ("stage", "direction", "level", "metric", "pid", "start_ns", "value", "weight")
+#: Columns of :func:`stage_observations` besides ``report`` and run metadata that comparisons can be grouped by.
+ROW_KEYS = ("pid",)
 BASELINE, NO_BASELINE, TOO_FEW = "baseline", "no baseline", "too few instances"
 NS_PER_MS, NS_PER_S = 1e6, 1e9
 
@@ -47,7 +48,7 @@ class Metric:
 
     name: str                 # output name, unit included
     statistic: str            # label in the output
-    source: str               # metric of the observations in stage_samples
+    source: str               # metric of the observations in stage_observations
     reduce: str | Callable[[np.ndarray], np.ndarray]
     scale: float = 1.0
     higher_is_better: bool = False
@@ -79,33 +80,26 @@ COMPARE_COLUMNS = ("stage", "direction", "metric", "statistic", "n", "value", "b
 
 
 # -- observations -----------------------------------------------------------------------------------------
-def stage_samples(runs: Collection, *, exclude_within: str | Sequence[str] | None = None, skip_first: int = 0,
-                  merge_numbered: bool = True, progress: Callable[[Any], None] | None = None) -> pl.DataFrame:
-    """Observations per stage, one row each, tagged with ``report`` and run metadata.
+def stage_observations(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
+    """Observations per stage of one report, one row each (the many-report form is tagged with ``report``
+    and run metadata by :func:`nsysan.compare`).
 
-    Columns: the tags, ``stage`` (range name; ``batch_7`` -> ``batch_*`` when ``merge_numbered``),
+    Columns: ``stage`` (range name, numbered names pooled as ``batch_*`` when ``select.merge_numbered``),
     ``direction`` (copy direction for bandwidth, else null), ``level`` (nesting level of the stage),
-    ``metric``, ``start_ns`` (the instance's start), ``value`` (Float64) and ``weight`` (null but for
+    ``metric``, ``pid``, ``start_ns`` (the instance's start), ``value`` (Float64) and ``weight`` (null but for
     bandwidth). Metrics: ``range_ns`` (every instance); ``gpu_proj_ns``, ``gpu_busy_ns`` (instances with
-    GPU ops); ``cycle_ns`` (level-0 stages: start of the report's next instance of the stage - own start,
+    GPU ops); ``cycle_ns`` (level-0 stages: start of the process's next instance of the stage - own start,
     the last one its own range time, so that their sum is the window first start -> last end);
     ``bandwidth_gbps``: per memcpy, bytes / duration with the duration as weight, for the copies whose
-    innermost enclosing range (:func:`nsysan.analyses.bandwidth.op_stages`) is an instance kept here.
-    ``exclude_within`` / ``skip_first`` drop warm-up instances as :func:`nsysan.exclude_instances` does.
+    innermost enclosing range (:func:`nsysan.attribution.op_stages`) is an instance kept here.
+    Only instances that ``select`` keeps are observed.
     """
-    observations = runs.concat(_report_observations, progress)
-    if observations.is_empty():
-        return pl.DataFrame(schema=SAMPLE_SCHEMA)
-    tags = [k for k in runs.tag_keys if k in observations.columns]
-    ranges = observations.filter(pl.col("_kind") == "range")
-    ranges = exclude_instances(ranges, within=exclude_within, skip_first=skip_first)
-    if merge_numbered:
-        ranges = merge_numbered_names(ranges)
-    instance = [*tags, pl.col("range").alias("stage"), pl.lit(None, pl.String).alias("direction"),
-                pl.col("level").cast(pl.Int64), "start_ns"]
+    ranges = pool_names(instances(report, select=select), select)
+    instance = [pl.col("range").alias("stage"), pl.lit(None, pl.String).alias("direction"),
+                pl.col("level").cast(pl.Int64), "pid", "start_ns"]
     unweighted = pl.lit(None, pl.Float64).alias("weight")
     has_gpu = pl.col("gpu_ops") > 0
-    following = pl.col("start_ns").shift(-1).over(["report", "range", "style"], order_by="start_ns")
+    following = pl.col("start_ns").shift(-1).over(["pid", "range", "style"], order_by="start_ns")
     frames = [
         ranges.select(*instance, pl.lit("range_ns").alias("metric"),
                       pl.col("range_ns").cast(pl.Float64).alias("value"), unweighted),
@@ -118,31 +112,17 @@ def stage_samples(runs: Collection, *, exclude_within: str | Sequence[str] | Non
             pl.coalesce(pl.col("_next") - pl.col("start_ns"), pl.col("range_ns")).cast(pl.Float64).alias("value"),
             unweighted),
     ]
-    copies = (observations.filter((pl.col("_kind") == "copy") & (pl.col("copy_duration_ns") > 0))
-              if "copy_duration_ns" in observations.columns else observations.clear())
-    if not copies.is_empty():
-        kept = ranges.select("report", "range_id", "range", "level", "start_ns")
-        copies = copies.select(*tags, "copy_range_id", "copy_direction", "copy_bytes", "copy_duration_ns").join(
-            kept, left_on=["report", "copy_range_id"], right_on=["report", "range_id"], how="inner")
+    if report.has("CUPTI_ACTIVITY_KIND_MEMCPY") and report.has("CUPTI_ACTIVITY_KIND_RUNTIME"):
+        copies = (copy_trace(report, include_memset=False, by_stage=True, select=select)
+                  .filter(pl.col("stage_range_id").is_not_null() & (pl.col("duration_ns") > 0))
+                  .join(ranges.select("range_id", "range", "level", "pid", "start_ns"),
+                        left_on="stage_range_id", right_on="range_id", how="inner", suffix="_stage"))
         frames.append(copies.select(
-            *tags, pl.col("range").alias("stage"), pl.col("copy_direction").alias("direction"),
-            pl.col("level").cast(pl.Int64), "start_ns", pl.lit("bandwidth_gbps").alias("metric"),
-            (pl.col("copy_bytes") / pl.col("copy_duration_ns")).cast(pl.Float64).alias("value"),
-            pl.col("copy_duration_ns").cast(pl.Float64).alias("weight")))
+            pl.col("range").alias("stage"), "direction", pl.col("level").cast(pl.Int64), "pid",
+            pl.col("start_ns_stage").alias("start_ns"), pl.lit("bandwidth_gbps").alias("metric"),
+            (pl.col("bytes") / pl.col("duration_ns")).cast(pl.Float64).alias("value"),
+            pl.col("duration_ns").cast(pl.Float64).alias("weight")))
     return pl.concat(frames, how="vertical_relaxed")
-
-
-def _report_observations(report: Report) -> pl.DataFrame:
-    """Range instances and copies of one report in one frame (``_kind`` = range | copy), so that
-    :meth:`Collection.concat` opens each report once."""
-    trace = range_trace(report).with_columns(_kind=pl.lit("range"))
-    if not (report.has("CUPTI_ACTIVITY_KIND_MEMCPY") and report.has("CUPTI_ACTIVITY_KIND_RUNTIME")):
-        return trace
-    copies = copy_trace(report, include_memset=False, by_stage=True).filter(pl.col("stage_range_id").is_not_null())
-    copies = copies.select(copy_range_id=pl.col("stage_range_id").cast(pl.Int64), copy_direction="direction",
-                           copy_bytes=pl.col("bytes").cast(pl.Int64),
-                           copy_duration_ns=pl.col("duration_ns").cast(pl.Int64), _kind=pl.lit("copy"))
-    return pl.concat([trace, copies], how="diagonal_relaxed")
 
 
 # -- comparison --------------------------------------------------------------------------------------------
@@ -150,13 +130,13 @@ def _report_observations(report: Report) -> pl.DataFrame:
 class Settings:
     """How ratios are estimated and judged (see :func:`compare` for the meaning of each)."""
 
-    confidence: float = 0.95
-    resamples: int = 2000
-    seed: int = 0
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+    seed: int = SEED
     block: int | Literal["auto"] = "auto"
     adjust: Literal["bonferroni", "none"] = "bonferroni"
-    min_effect_pct: float = 5.0
-    min_instances: int = 5
+    min_effect_pct: float = MIN_EFFECT_PCT
+    min_instances: int = MIN_INSTANCES
 
     def __post_init__(self) -> None:
         if self.adjust not in ("bonferroni", "none"):
@@ -167,11 +147,10 @@ class Settings:
             raise NsysanError(f"the minimum effect must be >= 0 %, not {self.min_effect_pct}")
 
 
-def compare(samples: pl.DataFrame, *, by: Sequence[str] = ("report",), baseline: Mapping[str, Any] | None = None,
-            confidence: float = 0.95, resamples: int = 2000, seed: int = 0, block: int | Literal["auto"] = "auto",
-            adjust: Literal["bonferroni", "none"] = "bonferroni", min_effect_pct: float = 5.0,
-            min_instances: int = 5) -> pl.DataFrame:
-    """Each group of ``by`` against its baseline group, per stage and metric.
+def compare_groups(samples: pl.DataFrame, *, by: Sequence[str] = ("report",),
+                   baseline: Mapping[str, Any] | None = None, settings: Settings = Settings()) -> pl.DataFrame:
+    """Each group of ``by`` against its baseline group, per stage and metric, from :func:`stage_observations`
+    rows tagged with ``report`` and run metadata.
 
     ``baseline`` names values of some ``by`` keys (``{"numa": 0}``): a group's baseline is the group with
     those values and the group's own values for the other keys (so ``by=("model", "numa")``,
@@ -190,12 +169,11 @@ def compare(samples: pl.DataFrame, *, by: Sequence[str] = ("report",), baseline:
     ``adjust="bonferroni"`` the intervals of one group-vs-baseline comparison hold together at
     ``confidence`` (each at 1 - (1 - confidence) / rows); the verdict is ``slower``/``faster`` only when the
     interval lies wholly beyond a change of ``min_effect_pct`` (same distance on a log scale both ways),
+    (all of these are fields of ``settings``),
     else ``no clear change``. Other verdicts: ``baseline`` (the baseline group's own rows), ``no baseline``
     (no baseline group, or it lacks the stage), ``too few instances`` (fewer than ``min_instances`` on a
     side; no CI).
     """
-    settings = Settings(confidence=confidence, resamples=resamples, seed=seed, block=block, adjust=adjust,
-                        min_effect_pct=min_effect_pct, min_instances=min_instances)
     by = list(by)
     _require(samples, by)
     groups = samples.select(by).unique(maintain_order=True).rows()
@@ -306,7 +284,7 @@ def stage_order(samples: pl.DataFrame) -> list[tuple[str, str | None, int]]:
 
 
 def tag_columns(samples: pl.DataFrame) -> list[str]:
-    """The run tags of a :func:`stage_samples` frame: every column that is not an observation column."""
+    """The run tags of tagged :func:`stage_observations` rows: every column that is not an observation column."""
     return [c for c in samples.columns if c not in SAMPLE_COLUMNS]
 
 
@@ -338,4 +316,4 @@ def _baseline_group(group: tuple, by: list[str], baseline: Mapping[str, Any], gr
 
 
 __all__ = ["BASELINE", "COMPARE_COLUMNS", "METRICS", "Metric", "NO_BASELINE", "NO_CHANGE", "SAMPLE_COLUMNS", "Settings",
-           "TOO_FEW", "compare", "compare_pairs", "stage_order", "stage_samples", "tag_columns"]
+           "TOO_FEW", "compare_groups", "compare_pairs", "stage_observations", "stage_order", "tag_columns"]

@@ -12,23 +12,30 @@ Beyond nsys: ``gpu_busy_ns`` (union of the instance's op intervals), ``level`` a
 """
 from __future__ import annotations
 
-import fnmatch
-import re
 from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.attribution import gather, launch_ranges, launches, range_nesting
+from nsysan.attribution import gather, launch_pairs, launches, range_nesting
 from nsysan.errors import MissingDataError
-from nsysan.load import Report
+from nsysan.intervals import union_piece
+from nsysan.load import Report, derived
 from nsysan.schema import CAPTURE_HINTS
+from nsysan.selection import DEFAULT, Selection, pool_names, select_instances
 from nsysan.stats import describe_ms
 
 TRACE_COLUMNS = ("range", "style", "level", "parent", "start_ns", "range_ns", "gpu_proj_start_ns", "gpu_proj_ns",
                  "gpu_busy_ns", "gpu_ops", "pid", "tid", "range_id", "parent_id")
-_NUMBERED = re.compile(r"([_\-.:]?)\d+$")
+#: Columns of the trace besides ``report`` and run metadata that summaries can be grouped by.
+ROW_KEYS = ("pid", "tid")
 
 
+def instances(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
+    """The range instances of ``report`` that ``select`` keeps: :func:`range_trace` rows, names as recorded."""
+    return select_instances(range_trace(report), select)
+
+
+@derived
 def range_trace(report: Report) -> pl.DataFrame:
     """One row per NVTX range instance with its GPU projection.
 
@@ -48,7 +55,7 @@ def range_trace(report: Report) -> pl.DataFrame:
     trace = ranges.join(nesting.select("range_id", "parent_id", "level"), on="range_id", how="left")
     trace = trace.with_columns(pl.col("level").fill_null(0))
     if _has_gpu_trace(report):
-        trace = trace.join(_project(report, nesting), on="range_id", how="left")
+        trace = trace.join(_project(report), on="range_id", how="left")
     else:
         trace = trace.with_columns(gpu_proj_start_ns=pl.lit(None, pl.Int64), gpu_proj_ns=pl.lit(None, pl.Int64),
                                    gpu_busy_ns=pl.lit(None, pl.Int64), gpu_ops=pl.lit(None, pl.Int64))
@@ -67,75 +74,23 @@ def _has_gpu_trace(report: Report) -> bool:
         report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"))
 
 
-def _project(report: Report, nesting: pl.DataFrame) -> pl.DataFrame:
+def _project(report: Report) -> pl.DataFrame:
     """Projection of each range that launched GPU work: first op start, last op end - first op start,
     union of op intervals (busy), and distinct launches."""
-    launched = launches(report)
-    pairs = gather(launched, launch_ranges(launched, nesting), "correlation_id", "op_start", "op_end")
-    del launched
-    # Union length: each op adds what it covers beyond the furthest end of the ops that started before it.
-    covered_until = pl.col("op_end").cum_max().shift(1).over("range_id")
+    pairs = gather(launches(report), launch_pairs(report), "correlation_id", "op_start", "op_end")
     return (pairs.sort("range_id", "op_start", "op_end")
-            .with_columns(covered_until=covered_until)
+            .with_columns(_piece=union_piece("op_start", "op_end", over=["range_id"]))
             .group_by("range_id")
             .agg(gpu_proj_start_ns=pl.col("op_start").min(),
                  gpu_proj_ns=pl.col("op_end").max() - pl.col("op_start").min(),
-                 gpu_busy_ns=(pl.col("op_end") - pl.max_horizontal("op_start", pl.col("covered_until")))
-                 .clip(lower_bound=0).sum(),
+                 gpu_busy_ns=pl.col("_piece").sum(),
                  gpu_ops=pl.col("correlation_id").n_unique().cast(pl.Int64)))
 
 
-def exclude_instances(trace: pl.DataFrame, *, within: str | Sequence[str] | None = None,
-                      skip_first: int = 0) -> pl.DataFrame:
-    """Drop warm-up instances: those inside (or named like) a range matching a glob in ``within``, and the
-    first ``skip_first`` instances of every range name (by start time). Works per report when the trace
-    has a ``report`` column."""
-    out = trace
-    if within:
-        patterns = [within] if isinstance(within, str) else list(within)
-        inside = nested_in_named(trace, names_matching(trace, patterns), include_self=True)
-        out = out.join(inside.filter(~pl.col("nested")), on=[*_report_key(trace), "range_id"], how="semi")
-    if skip_first:
-        keys = ["report"] if "report" in out.columns else []
-        out = (out.sort("start_ns", "range_id")
-               .filter(pl.int_range(pl.len()).over([*keys, "range", "style"]) >= skip_first))
-    return out
-
-
-def names_matching(trace: pl.DataFrame, patterns: Sequence[str]) -> list[str]:
-    """The distinct range names of ``trace`` that match any of the glob ``patterns``."""
-    return [n for n in trace["range"].unique().drop_nulls().to_list()
-            if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-
-
-def nested_in_named(trace: pl.DataFrame, names: Sequence[str], *, include_self: bool) -> pl.DataFrame:
-    """For every instance: ``nested`` is True when an enclosing instance (or, with ``include_self``, the
-    instance itself) has one of ``names``. Columns: ``report`` (when the trace has it), ``range_id``,
-    ``nested``. Walks up the parent chain, one join per nesting level."""
-    keys = _report_key(trace)
-    walk = trace.select(*keys, "range_id", up="parent_id",
-                        nested=pl.col("range").is_in(names) if include_self else pl.lit(False))
-    lookup = trace.select(*keys, up="range_id", _up_range="range", _up_parent="parent_id")
-    while walk["up"].is_not_null().any():
-        walk = (walk.join(lookup, on=[*keys, "up"], how="left")
-                .with_columns(nested=pl.col("nested") | pl.col("_up_range").is_in(names).fill_null(False),
-                              up=pl.col("_up_parent"))
-                .drop("_up_range", "_up_parent"))
-    return walk.drop("up")
-
-
-def _report_key(trace: pl.DataFrame) -> list[str]:
-    return ["report"] if "report" in trace.columns else []
-
-
-def merge_numbered_names(trace: pl.DataFrame) -> pl.DataFrame:
-    """Give numbered ranges one name (``batch_12`` -> ``batch_*``) so per-batch ranges summarise together."""
-    return trace.with_columns(pl.col("range").str.replace(_NUMBERED.pattern, "${1}*"),
-                              pl.col("parent").str.replace(_NUMBERED.pattern, "${1}*"))
-
-
-def latency_summary(trace: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.DataFrame:
-    """Statistics per range name (and style) within each group of ``by`` columns, pooled over instances.
+def latency_summary(trace: pl.DataFrame, *, by: Sequence[str] = ("report",), select: Selection = DEFAULT
+                    ) -> pl.DataFrame:
+    """Statistics per range name (and style) within each group of ``by`` columns, pooled over instances
+    (numbered names pooled as ``batch_*`` when ``select.merge_numbered``).
 
     Columns: the ``by`` keys, ``range``, ``style``, ``instances``, ``range_total_ns``, ``gpu_instances``
     (instances that launched GPU work; nsys's "Range Instances"), ``gpu_proj_total_ns``, ``gpu_ops_total``,
@@ -145,7 +100,7 @@ def latency_summary(trace: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> 
     keys = [*by, "range", "style"]
     has_gpu = pl.col("gpu_ops") > 0
     origin = pl.col("start_ns").min()
-    frame = trace.with_columns(_origin=origin.over(by) if by else origin)
+    frame = pool_names(trace, select).with_columns(_origin=origin.over(by) if by else origin)
     summary = frame.group_by(keys).agg(
         pl.len().alias("instances"),
         pl.col("range_ns").sum().alias("range_total_ns"),

@@ -13,7 +13,7 @@ A collection with a single NUMA node has nothing to pair: :func:`numa_penalty` r
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
 
@@ -97,24 +97,21 @@ def pair_keys(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: str
 
 
 def numa_penalty(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: str = LOCAL_KEY,
-                 ignore: Sequence[str] = (), confidence: float = 0.95, resamples: int = 2000, seed: int = 0,
-                 block: int | Literal["auto"] = "auto", adjust: Literal["bonferroni", "none"] = "bonferroni",
-                 min_effect_pct: float = 5.0, min_instances: int = 5) -> pl.DataFrame:
+                 ignore: Sequence[str] = (), settings: Settings = Settings()) -> pl.DataFrame:
     """Penalty of every remote NUMA node against the local one, per pair group, stage and metric.
 
-    ``samples`` comes from :func:`nsysan.analyses.compare.stage_samples`. Columns: the pair keys,
+    ``samples`` are tagged :func:`nsysan.analyses.compare.stage_observations` rows. Columns: the pair keys,
     ``local_numa``, ``remote_numa``, ``local_basis``, ``stage``, ``direction``, ``metric``, ``statistic``,
     ``n_local``, ``n_remote``, ``local_value``, ``remote_value``, ``ratio`` (remote / local),
     ``penalty_pct`` = 100 (ratio - 1), ``ci_low_pct``/``ci_high_pct`` (bootstrap CI of the penalty at
     ``ci_level``), ``ci_level`` and ``verdict`` (``slower`` = the remote node is slower; for bandwidth and
-    throughput a negative penalty is the slow-down). Options as in :func:`nsysan.analyses.compare.compare`.
+    throughput a negative penalty is the slow-down). ``settings`` as in
+    :func:`nsysan.analyses.compare.compare_groups`.
 
     Rows are sorted so that the most NUMA-sensitive pair group comes first: by ``sensitivity_pct``, the
     mean penalty of the mean range time over the group's stages; then in pipeline order.
     Raises :class:`NumaNotComparable` when there is a single NUMA node or no pair.
     """
-    settings = Settings(confidence=confidence, resamples=resamples, seed=seed, block=block, adjust=adjust,
-                        min_effect_pct=min_effect_pct, min_instances=min_instances)
     layout = numa_pairs(samples, numa_key=numa_key, local_key=local_key, ignore=ignore)
     keys = pair_keys(samples, numa_key=numa_key, local_key=local_key, ignore=ignore)
     nodes = sorted({n for n in layout[numa_key].to_list() if n is not None}, key=_node_order)

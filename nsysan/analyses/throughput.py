@@ -2,9 +2,9 @@
 
 Definitions (docs/metrics.md, "Throughput"):
 
-* **measured batches**: NVTX range instances whose name matches ``pattern`` (glob, default ``batch_*``),
-  that are not nested in another matching instance (outer ranges), and that are neither named like nor
-  nested inside a range matching ``exclude_within`` (default ``warmup_*``);
+* **measured batches**: rule 4 of :mod:`nsysan.selection`: the outermost instances named like the selection's
+  ``batches`` glob (default ``batch_*``) that are neither named like nor nested inside warm-up ranges
+  (default ``warmup_*``);
 * **window** of a run: first measured batch's start to the last one's end (CPU clock, gaps between batches
   included);
 * **batch size** from run metadata: sidecar key ``batch_size``, else sidecar key ``batch``, else a
@@ -13,52 +13,37 @@ Definitions (docs/metrics.md, "Throughput"):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.analyses.latency import exclude_instances, names_matching, nested_in_named, range_trace
-from nsysan.collection import Collection
+from nsysan.analyses.latency import range_trace
 from nsysan.errors import MissingDataError
 from nsysan.load import Report
+from nsysan.selection import DEFAULT, Selection, measured_batches
 from nsysan.stats import describe_ms
 
-BATCH_PATTERN = "batch_*"
-WARMUP_PATTERN = "warmup_*"
 #: Metadata keys holding the batch size, in order of preference.
 BATCH_SIZE_KEYS = ("batch_size", "batch")
+#: Columns of :func:`batch_trace` besides ``report`` and run metadata that summaries can be grouped by.
+ROW_KEYS = ("pid",)
 _NAME_BATCH = re.compile(r"(?:^|[_\-.])(?:bs|batch)(\d+)(?=$|[_\-.])", re.IGNORECASE)
 NS_PER_S = 1e9
 
 
-def outer_matching(trace: pl.DataFrame, *, pattern: str = BATCH_PATTERN,
-                   exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> pl.DataFrame:
-    """Instances of ``trace`` (from :func:`nsysan.range_trace`) named like ``pattern`` and not nested in
-    another instance named like it, minus those named like or nested in ``exclude_within``."""
-    names = names_matching(trace, [pattern])
-    keys = ["report"] if "report" in trace.columns else []
-    kept = exclude_instances(trace, within=exclude_within) if exclude_within else trace
-    outer = nested_in_named(trace, names, include_self=False).filter(~pl.col("nested"))
-    return (kept.filter(pl.col("range").is_in(names))
-            .join(outer, on=[*keys, "range_id"], how="semi")
-            .sort(*keys, "start_ns", "range_id"))
-
-
-def batch_trace(report: Report, *, pattern: str = BATCH_PATTERN,
-                exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> pl.DataFrame:
-    """One row per measured batch of ``report``: ``range``, ``start_ns``, ``end_ns``, ``batch_ns`` (CPU
-    duration of the range), ``gpu_end_ns`` (end of the last GPU op it launched; null without),
-    ``range_id``. Raises :class:`MissingDataError` when no range matches."""
-    trace = range_trace(report)
-    batches = outer_matching(trace, pattern=pattern, exclude_within=exclude_within)
+def batch_trace(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
+    """One row per measured batch of ``report`` (rule 4 of :mod:`nsysan.selection`): ``range``, ``start_ns``,
+    ``end_ns``, ``batch_ns`` (CPU duration of the range), ``gpu_end_ns`` (end of the last GPU op it launched;
+    null without), ``pid``, ``range_id``. Raises :class:`MissingDataError` when no range matches."""
+    batches = measured_batches(range_trace(report), select)
     if batches.is_empty():
-        raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {pattern!r}"
-                               + (f" outside {exclude_within!r}" if exclude_within else ""))
+        outside = f" outside {', '.join(select.exclude_within)}" if select.exclude_within else ""
+        raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {select.batches!r}"
+                               f"{outside}")
     return batches.select(
         "range", "start_ns", (pl.col("start_ns") + pl.col("range_ns")).alias("end_ns"),
         pl.col("range_ns").alias("batch_ns"),
-        (pl.col("gpu_proj_start_ns") + pl.col("gpu_proj_ns")).alias("gpu_end_ns"), "range_id")
+        (pl.col("gpu_proj_start_ns") + pl.col("gpu_proj_ns")).alias("gpu_end_ns"), "pid", "range_id")
 
 
 def batch_size_of(meta: dict[str, object], report: str | None = None) -> tuple[int | None, str | None]:
@@ -147,17 +132,3 @@ def throughput_summary(batches: pl.DataFrame, *, by: Sequence[str] = ("report",)
     return out.select(*by, "runs", "batches", "batch_size", "batch_size_source", "samples", "window_ns",
                       "batches_per_s", "samples_per_s", *[c for c in out.columns if c.startswith("batch_ms_")],
                       "note").sort(group if by else [])
-
-
-def throughput(runs: Collection, *, by: Sequence[str] = ("report",), pattern: str = BATCH_PATTERN,
-               exclude_within: str | Sequence[str] | None = WARMUP_PATTERN, batch_size: int | None = None,
-               progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
-    """Throughput of every report of ``runs`` grouped by ``by``; batch sizes from each run's metadata
-    (sidecar ``<report>.meta.json``) unless ``batch_size`` is given."""
-
-    batches = runs.concat(lambda report: batch_trace(report, pattern=pattern, exclude_within=exclude_within),
-                          progress)
-    if batches.is_empty():
-        return batches
-    runs.check_keys(by)
-    return throughput_summary(batches, by=by, batch_size=batch_size)

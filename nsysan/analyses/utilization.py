@@ -2,9 +2,9 @@
 
 Definitions (docs/metrics.md, "GPU utilization"):
 
-* **window**: ``capture`` (first to last traced event: NVTX range, CUDA API call or GPU op), ``batches``
-  (first measured batch's start to the end of the last one, or of the GPU work it launched if later), or a
-  range-name glob such as ``forward``: the union of its instances (outside ``exclude_within``), each from its
+* **window**: ``capture`` (first to last traced event: NVTX range, CUDA API call or GPU op; the selection does
+  not apply), ``batches`` (first measured batch's start to the end of the last one, or of the GPU work it launched if later), or a
+  range-name glob such as ``forward``: the union of its instances that the selection keeps, each from its
   start to the end of the range or of the GPU work it launched, whichever is later;
 * **busy** times are lengths of unions of op intervals clipped to the window: overlapping ops count once,
   so busy ≤ window always (nsys's summed "Total Time" can exceed wall time);
@@ -16,98 +16,28 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from nsysan.analyses.kernels import KernelNames
-from nsysan.analyses.latency import exclude_instances, range_trace
-from nsysan.analyses.throughput import BATCH_PATTERN, WARMUP_PATTERN, outer_matching
-from nsysan.collection import Collection
+from nsysan import intervals
+from nsysan.analyses.kernels import NAME_COLUMN, KernelNames
+from nsysan.analyses.latency import range_trace
+from nsysan.defaults import LAUNCH_BOUND_GAP_PCT, LAUNCH_BOUND_IDLE_PCT, LAUNCH_GAP_NS, SHORT_GAP_NS
 from nsysan.errors import MissingDataError
 from nsysan.load import Report
+from nsysan.selection import DEFAULT, Selection, measured_batches, select_instances
 
-#: Idle gaps shorter than this are the classic launch-bound signature (back-to-back launches from C++/CUDA
-#: graphs leave gaps of a few µs).
-SHORT_GAP_NS = 10_000
-#: Gaps shorter than this are "launch gaps": the GPU waits for the CPU to issue the next op. Eager frameworks
-#: spend 10-100 µs of CPU time per op, so their launch gaps exceed SHORT_GAP_NS; stalls on other CPU work
-#: (data loading, preprocessing, synchronisation) leave gaps of milliseconds.
-LAUNCH_GAP_NS = 100_000
-#: A window is launch-bound when the GPU is idle at least this share of it and at least
-#: LAUNCH_BOUND_GAP_PCT of that idle time lies in launch gaps.
-LAUNCH_BOUND_IDLE_PCT = 50.0
-LAUNCH_BOUND_GAP_PCT = 50.0
-_NAME_COLUMN = {"demangled": "name", "short": "short_name", "mangled": "mangled_name"}
+#: Columns of :func:`gpu_utilization` besides ``report`` and run metadata that summaries can be grouped by.
+ROW_KEYS = ("device_id", "stream_id")
 _SUM_COLUMNS = ("window_ns", "kernel_busy_ns", "copy_busy_ns", "overlap_ns", "busy_ns", "idle_ns", "kernel_sum_ns",
                 "kernels", "copies")
 
 
-# -- interval sets: (starts, ends) int64 arrays, sorted, disjoint -------------------------------------------------
-def _merge(starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Union of half-open intervals as sorted disjoint intervals (touching intervals are joined)."""
-    s = np.asarray(starts, dtype=np.int64)
-    e = np.asarray(ends, dtype=np.int64)
-    keep = e > s
-    s, e = s[keep], e[keep]
-    if s.size == 0:
-        return s, e
-    order = np.lexsort((e, s))
-    s, e = s[order], e[order]
-    reach = np.maximum.accumulate(e)
-    first = np.empty(s.size, dtype=bool)
-    first[0] = True
-    first[1:] = s[1:] > reach[:-1]
-    heads = np.flatnonzero(first)
-    return s[heads], np.maximum.reduceat(e, heads)
-
-
-def _covers(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Whether each point lies in one of the sorted disjoint intervals."""
-    if starts.size == 0:
-        return np.zeros(points.size, dtype=bool)
-    i = np.searchsorted(starts, points, side="right") - 1
-    return (i >= 0) & (ends[np.maximum(i, 0)] > points)
-
-
-def _intersect(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Intersection of two sorted disjoint interval sets."""
-    if a[0].size == 0 or b[0].size == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    points = np.unique(np.concatenate([a[0], a[1], b[0], b[1]]))
-    left, right = points[:-1], points[1:]
-    inside = _covers(*a, left) & _covers(*b, left)
-    return _merge(left[inside], right[inside])
-
-
-def _length(intervals: tuple[np.ndarray, np.ndarray]) -> int:
-    return int((intervals[1] - intervals[0]).sum())
-
-
-def _clipped_lengths(starts: np.ndarray, ends: np.ndarray, window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Length of each interval [start, end) inside the window (sorted disjoint), vectorised."""
-    ws, we = window
-    if ws.size == 0:
-        return np.zeros(len(starts), dtype=np.int64)
-    before = np.concatenate(([0], np.cumsum(we - ws)))  # window length before interval i
-
-    def covered_until(t: np.ndarray) -> np.ndarray:
-        i = np.searchsorted(ws, t, side="right") - 1
-        j = np.maximum(i, 0)
-        inside = np.clip(t - ws[j], 0, we[j] - ws[j])
-        return np.where(i >= 0, before[j] + inside, 0)
-
-    s = np.asarray(starts, dtype=np.int64)
-    e = np.asarray(ends, dtype=np.int64)
-    return np.maximum(0, covered_until(e) - covered_until(s))
-
-
 # -- windows -----------------------------------------------------------------------------------------------------
-def window_intervals(report: Report, *, window: str = "capture", batch_pattern: str = BATCH_PATTERN,
-                     exclude_within: str | Sequence[str] | None = WARMUP_PATTERN) -> tuple[np.ndarray, np.ndarray, int]:
-    """The window as sorted disjoint intervals (starts, ends) and the number of instances that made it."""
+def window_intervals(report: Report, *, window: str = "capture", select: Selection = DEFAULT
+                     ) -> tuple[intervals.Spans, int]:
+    """The window as a span set and the number of instances that made it."""
     if window == "capture":
         lo, hi = report.sql(
             "SELECT min(lo), max(hi) FROM ("
@@ -116,33 +46,31 @@ def window_intervals(report: Report, *, window: str = "capture", batch_pattern: 
             " SELECT min(start_ns), max(end_ns) FROM gpu_ops)").fetchone()
         if lo is None:
             raise MissingDataError(f"{report.path}: no NVTX ranges, CUDA calls or GPU ops: the capture is empty")
-        return np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64), 1
+        return (np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), 1
     report.require("NVTX_EVENTS", purpose=f"the {window!r} window")
     trace = range_trace(report)
     in_flight = pl.max_horizontal(pl.col("start_ns") + pl.col("range_ns"),
                                   (pl.col("gpu_proj_start_ns") + pl.col("gpu_proj_ns")).fill_null(0))
+    outside = f" outside {', '.join(select.exclude_within)}" if select.exclude_within else ""
     if window == "batches":
-        chosen = outer_matching(trace, pattern=batch_pattern, exclude_within=exclude_within)
+        chosen = measured_batches(trace, select)
         if chosen.is_empty():
-            raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {batch_pattern!r}"
-                                   + (f" outside {exclude_within!r}" if exclude_within else ""))
+            raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches "
+                                   f"{select.batches!r}{outside}")
         lo, hi = chosen.select(pl.col("start_ns").min(), in_flight.max().alias("end_ns")).row(0)
-        return np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64), chosen.height
-    kept = exclude_instances(trace, within=exclude_within) if exclude_within else trace
+        return (np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), chosen.height
+    kept = select_instances(trace, select)
     names = [n for n in kept["range"].unique().drop_nulls().to_list() if fnmatch.fnmatchcase(n, window)]
     chosen = kept.filter(pl.col("range").is_in(names))
     if chosen.is_empty():
-        raise MissingDataError(f"{report.path}: no instances of NVTX range {window!r}"
-                               + (f" outside {exclude_within!r}" if exclude_within else ""))
+        raise MissingDataError(f"{report.path}: no instances of NVTX range {window!r}{outside}")
     bounds = chosen.select("start_ns", in_flight.alias("end_ns"))
-    s, e = _merge(bounds["start_ns"].to_numpy(), bounds["end_ns"].to_numpy())
-    return s, e, chosen.height
+    return intervals.merge(bounds["start_ns"].to_numpy(), bounds["end_ns"].to_numpy()), chosen.height
 
 
 # -- per report ----------------------------------------------------------------------------------------------------
 def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool = False,
-                    batch_pattern: str = BATCH_PATTERN, exclude_within: str | Sequence[str] | None = WARMUP_PATTERN,
-                    names: KernelNames = "short") -> pl.DataFrame:
+                    select: Selection = DEFAULT, names: KernelNames = "short") -> pl.DataFrame:
     """Per GPU (and stream with ``by_stream``) of ``report``: the window and the busy/idle parts of it.
 
     One row per ``device_id`` (GPUs of the capture without ops included) [and ``stream_id``]: ``window``
@@ -156,13 +84,11 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
                                           "CUPTI_ACTIVITY_KIND_MEMSET"))
     if not has_ops:
         report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="GPU utilization")
-    ws, we, instances = window_intervals(report, window=window, batch_pattern=batch_pattern,
-                                         exclude_within=exclude_within)
-    win = (ws, we)
-    window_ns = _length(win)
+    win, instances = window_intervals(report, window=window, select=select)
+    window_ns = intervals.length(win)
     ops = report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id FROM gpu_ops")
     kernels = report.frame(
-        f"SELECT {_NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels")
+        f"SELECT {NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels")
     keys = ["device_id", "stream_id"] if by_stream else ["device_id"]
     units = ops.select(keys).unique()
     if not by_stream:
@@ -174,17 +100,17 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
         unit_ops = ops.filter(match)
         is_kernel = (unit_ops["kind"] == "kernel").to_numpy()
         starts, ends = unit_ops["start_ns"].to_numpy(), unit_ops["end_ns"].to_numpy()
-        inside = _clipped_lengths(starts, ends, win)
-        touching = _overlaps(starts, ends, win)
-        k = _intersect(_merge(starts[is_kernel], ends[is_kernel]), win)
-        c = _intersect(_merge(starts[~is_kernel], ends[~is_kernel]), win)
-        busy = _intersect(_merge(starts, ends), win)
-        kernel_busy, copy_busy, busy_ns = _length(k), _length(c), _length(busy)
+        inside = intervals.clipped_lengths(starts, ends, win)
+        touching = intervals.overlaps(starts, ends, win)
+        k = intervals.intersect(intervals.merge(starts[is_kernel], ends[is_kernel]), win)
+        c = intervals.intersect(intervals.merge(starts[~is_kernel], ends[~is_kernel]), win)
+        busy = intervals.intersect(intervals.merge(starts, ends), win)
+        kernel_busy, copy_busy, busy_ns = intervals.length(k), intervals.length(c), intervals.length(busy)
         unit_kernels = kernels.filter(match)
-        kernel_inside = _clipped_lengths(unit_kernels["start_ns"].to_numpy(), unit_kernels["end_ns"].to_numpy(), win)
-        times = (unit_kernels.with_columns(time_ns=pl.Series(kernel_inside, dtype=pl.Int64),
-                                           _in=pl.Series(_overlaps(unit_kernels["start_ns"].to_numpy(),
-                                                                   unit_kernels["end_ns"].to_numpy(), win)))
+        k_starts, k_ends = unit_kernels["start_ns"].to_numpy(), unit_kernels["end_ns"].to_numpy()
+        times = (unit_kernels.with_columns(time_ns=pl.Series(intervals.clipped_lengths(k_starts, k_ends, win),
+                                                             dtype=pl.Int64),
+                                           _in=pl.Series(intervals.overlaps(k_starts, k_ends, win)))
                  .filter(pl.col("_in")).group_by("name")
                  .agg(pl.len().cast(pl.Int64).alias("instances"), pl.col("time_ns").sum().cast(pl.Int64))
                  .sort("time_ns", "name", descending=[True, False]))
@@ -193,33 +119,13 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
             "kernel_busy_ns": kernel_busy, "copy_busy_ns": copy_busy,
             "overlap_ns": kernel_busy + copy_busy - busy_ns, "busy_ns": busy_ns, "idle_ns": window_ns - busy_ns,
             "kernel_sum_ns": int(inside[is_kernel].sum()), "kernels": int(touching[is_kernel].sum()),
-            "copies": int(touching[~is_kernel].sum()), "gaps_ns": _gaps(busy, win).tolist(),
+            "copies": int(touching[~is_kernel].sum()), "gaps_ns": intervals.gaps(busy, win).tolist(),
             "kernel_times": times.to_dicts(),
         })
     schema = {**{k: pl.Int64 for k in keys}, "window": pl.String, "window_instances": pl.Int64,
               **{c: pl.Int64 for c in _SUM_COLUMNS}, "gaps_ns": pl.List(pl.Int64),
               "kernel_times": pl.List(pl.Struct({"name": pl.String, "instances": pl.Int64, "time_ns": pl.Int64}))}
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
-
-
-def _overlaps(starts: np.ndarray, ends: np.ndarray, window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Whether each interval shares time with the window (zero-length ops count when inside it)."""
-    ws, we = window
-    s = np.asarray(starts, dtype=np.int64)
-    e = np.asarray(ends, dtype=np.int64)
-    i = np.searchsorted(ws, np.maximum(e, s + 1), side="left") - 1  # last window starting before the op ends
-    j = np.maximum(i, 0)
-    return (i >= 0) & (we[j] > s)
-
-
-def _gaps(busy: tuple[np.ndarray, np.ndarray], window: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """Idle stretches between consecutive busy intervals that lie in the same window interval."""
-    bs, be = busy
-    if bs.size < 2:
-        return np.zeros(0, dtype=np.int64)
-    which = np.searchsorted(window[0], bs, side="right") - 1
-    same = which[1:] == which[:-1]
-    return (bs[1:] - be[:-1])[same]
 
 
 # -- summaries -----------------------------------------------------------------------------------------------------
@@ -302,22 +208,3 @@ def top_kernels(parts: pl.DataFrame, *, by: Sequence[str] = ("report",), top: in
         busy_share_pct=pl.when(pl.col("kernel_busy_ns") > 0).then(100 * pl.col("time_ns") / pl.col("kernel_busy_ns")))
     return out.select(*group, "name", "instances", "time_ns", "busy_share_pct").sort(
         [*group, "time_ns", "name"], descending=[False] * len(group) + [True, False], nulls_last=True)
-
-
-def utilization(runs: Collection, *, by: Sequence[str] = ("report",), window: str = "capture",
-                by_stream: bool = False, batch_pattern: str = BATCH_PATTERN,
-                exclude_within: str | Sequence[str] | None = WARMUP_PATTERN, names: KernelNames = "short",
-                short_gap_ns: int = SHORT_GAP_NS, launch_gap_ns: int = LAUNCH_GAP_NS, kernels: int | None = None,
-                progress: Callable[[Path], None] | None = None) -> pl.DataFrame:
-    """GPU utilization of every report of ``runs`` grouped by ``by``: the :func:`utilization_summary`, or
-    with ``kernels=N`` the :func:`top_kernels` (N per group; 0 for all)."""
-
-    parts = runs.concat(lambda report: gpu_utilization(
-        report, window=window, by_stream=by_stream, batch_pattern=batch_pattern, exclude_within=exclude_within,
-        names=names), progress)
-    if parts.is_empty():
-        return parts
-    runs.check_keys(by)
-    if kernels is not None:
-        return top_kernels(parts, by=by, top=kernels)
-    return utilization_summary(parts, by=by, short_gap_ns=short_gap_ns, launch_gap_ns=launch_gap_ns)

@@ -2,13 +2,12 @@
 
 * :mod:`~nsysan.runner.config`: Hydra configs shipped in ``nsysan/runner/conf`` (experiment, hardware, test
   groups), composed with Hydra's compose API; ``-m`` sweeps expanded as Hydra's basic sweeper does;
-* :mod:`~nsysan.runner.machine`: NUMA nodes, GPUs and numactl actually present;
 * :mod:`~nsysan.runner.plan`: runs, report names ``pipeline_gpu{G}_numa{N}_vit{P}x{D}x{H}[_{variant}]``, skips, commands;
-* :mod:`~nsysan.runner.process`: one run with a timeout that stops nsys and the workload;
 * :mod:`~nsysan.runner.study`: the study folder, results.json, experiment_summary.json, resume;
 * :mod:`~nsysan.runner.analyze`: ``analyze=true`` (export, latency by model);
 * :mod:`~nsysan.runner.command`: the ``nsysan run`` command.
 
-Nothing here imports polars or duckdb at import time, so studies also run where only typer, rich and
-hydra-core are installed (:mod:`nsysan.runner.standalone`). docs/workloads.md is the user's guide.
+The machine (NUMA nodes, GPUs, numactl) and each run's process handling come from :mod:`nsysan.host`. Nothing
+here imports polars or duckdb, so studies run through ``nsysan run`` where only typer, rich, hydra-core and the
+workload's own packages are installed. docs/workloads.md is the user's guide.
 """

@@ -1,7 +1,7 @@
 """``nsysan run``: run a study (Hydra overrides in, a study folder out).
 
 Imports only what runs a study (typer, rich, hydra, nsysan's nsys finder), so that it also works where
-nsysan's analysis dependencies are not installed (see :mod:`nsysan.runner.standalone`).
+nsysan's analysis dependencies are not installed.
 """
 from __future__ import annotations
 
@@ -13,15 +13,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from nsysan.errors import NsysanError
+from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USAGE, EXIT_USER_ERROR, NsysanError
 from nsysan.runner import study as study_mod
 from nsysan.runner.config import ConfigError, compose_jobs, experiments, normalize
 from nsysan.runner.plan import Study, plan, study_dir
 
-EXIT_USER_ERROR, EXIT_USAGE, EXIT_PARTIAL, EXIT_INTERRUPTED = 1, 2, 3, 130
 PLAN_COLUMNS = ("#", "name", "gpu", "numa", "model", "variant", "placement", "numactl", "batches", "action")
 RESULT_COLUMNS = ("name", "status", "seconds", "samples_per_s", "reason")
 FLAG_OVERRIDES = ("resume=", "dry_run=", "+resume=", "+dry_run=")
+#: Left out first when a table does not fit the terminal (the name, status and reason stay).
+OPTIONAL_COLUMNS = ("batches", "numactl", "placement", "gpu", "numa", "samples_per_s")
 
 
 def message(text: str) -> None:
@@ -29,20 +30,9 @@ def message(text: str) -> None:
 
 
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> str:
-    import io
+    from nsysan.render import rows_table, terminal_width
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for name in columns:
-        table.add_column(name, overflow="fold")
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                        for c in columns))
-    console = Console(file=io.StringIO(), width=200, force_terminal=False, color_system=None)
-    console.print(table)
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return rows_table(rows, columns, title=title, width=terminal_width(), drop_first=OPTIONAL_COLUMNS)
 
 
 def _saved_argv(folder: Path) -> tuple[list[str], bool] | None:
@@ -97,8 +87,8 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
         return 0
     dry_run = dry_run or any(bool(j.cfg.get("dry_run")) for j in jobs)
 
+    from nsysan.host import discover
     from nsysan.nsys_tool import NsysNotFoundError, find_nsys
-    from nsysan.runner.machine import detect
 
     first = jobs[0].cfg
     try:
@@ -111,7 +101,7 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
         message(f"{e} (shown as `nsys` below)")
         nsys_path, nsys_info = "nsys", {"path": None, "version": None, "source": None}
     device = "cuda" if any(j.cfg["hardware"]["device"] == "cuda" for j in jobs) else "cpu"
-    machine = detect(device, first["workload"]["python"])
+    machine = discover(gpus=device == "cuda", python=first["workload"]["python"])
     studies = plan(jobs, machine, nsys_path, _stamp(jobs, datetime.datetime.now()))
     if resume_dir is not None and len(studies) > 1:
         raise ConfigError("--resume continues one study, but these overrides make several experiments")
@@ -157,10 +147,11 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
             if info.get("skipped"):
                 message(info["skipped"])
             if table is not None and not table.is_empty() and fmt == "table":
-                from nsysan.render import rich_table
+                from nsysan.render import table as render_table
+                from nsysan.render import terminal_width
 
-                typer.echo(rich_table(table, title=f"{study.experiment}: NVTX ranges by model (ms, warm-up "
-                                      "excluded)", columns=LATENCY_COLUMNS), nl=False)
+                typer.echo(render_table(table, title=f"{study.experiment}: NVTX ranges by model (ms, warm-up "
+                                        "excluded)", columns=LATENCY_COLUMNS, width=terminal_width()), nl=False)
         summaries.append((runner, summary))
         if runner.interrupted:
             break
@@ -240,7 +231,7 @@ CONTEXT = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def make_app() -> typer.Typer:
-    """A Typer app holding only ``run`` (used by ``python -m nsysan.runner`` and the standalone launcher)."""
+    """A Typer app holding only ``run`` (used by ``python -m nsysan.runner``)."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(context_settings=CONTEXT)(run)
     return app

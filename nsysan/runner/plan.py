@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nsysan.host import Machine
 from nsysan.runner.config import ConfigError, Job
-from nsysan.runner.machine import Machine
 
 REPORT_PREFIX = "pipeline"
 #: ``test`` keys passed to the workload as ``--key`` (compile_model/compile_mode become ``--compile``).

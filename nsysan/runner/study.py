@@ -19,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nsysan import host
 from nsysan.errors import NsysanError
-from nsysan.runner import process
 from nsysan.runner.plan import PlannedRun, Study
 
 OK, FAILED, TIMEOUT, SKIPPED, INTERRUPTED, PENDING = "ok", "failed", "timeout", "skipped", "interrupted", "pending"
@@ -34,13 +34,7 @@ def now() -> str:
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically: a temporary file in the same folder, renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    host.write_atomic(path, (json.dumps(data, indent=1, default=str) + "\n").encode())
 
 
 def read_results(folder: Path) -> dict[str, Any] | None:
@@ -56,7 +50,7 @@ def read_results(folder: Path) -> dict[str, Any] | None:
 def last_error(log: Path) -> str:
     """The most telling line of a run's log: the workload's error, else a Python exception's last line, else
     nsys's last error line (never the command line or nsys's report paths, which may hold any word)."""
-    from nsysan.nsys_tool import last_message
+    from nsysan.host import last_message
 
     try:
         text = log.read_bytes()[-200_000:].decode(errors="replace")
@@ -160,7 +154,7 @@ class Runner:
                  + (f", {len(study.runs) - len(todo) - resumed} skipped" if len(study.runs) - len(todo) - resumed
                     else "") + f" -> {study.dir}")
         try:
-            with process.terminations_interrupt():
+            with host.terminations_interrupt():
                 for number, run in enumerate(todo, 1):
                     self.say(f"[{number}/{len(todo)}] {run.name}: running"
                              + (f" (timeout {self.timeout(run):g} s)" if self.timeout(run) else ""))
@@ -174,7 +168,7 @@ class Runner:
                               else f": {rec['reason']}" if rec["reason"] else "")
                     self.say(f"[{number}/{len(todo)}] {run.name}: {rec['status']} in {rec['seconds']:.1f} s{detail}")
                     self.save()
-        except (KeyboardInterrupt, process.Interrupted):
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM/SIGHUP (host.Interrupted)
             self.interrupted = True
             self.say("interrupted: stopped the running nsys and workload; continue with --resume "
                      f"{study.dir}")
@@ -198,7 +192,7 @@ class Runner:
         log.unlink(missing_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
-            outcome = process.run_logged(run.command, log, timeout=self.timeout(run), env=env)
+            outcome = host.run(run.command, log=log, timeout=self.timeout(run), env=env, grace=host.GRACE_S)
         except OSError as e:
             rec.update(status=FAILED, reason=f"cannot start {run.command[0]}: {e.strerror or e}", seconds=0.0,
                        finished=now())

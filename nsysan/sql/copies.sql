@@ -5,11 +5,11 @@
 -- CUDA API trace.
 WITH ops AS (
     SELECT 'memcpy' AS op, start_ns, end_ns, duration_ns, bytes, direction, src_kind, dst_kind,
-           device_id, stream_id, global_pid, correlation_id
+           device_id, stream_id, src_device_id, dst_device_id, global_pid, correlation_id
     FROM memcpy
     UNION ALL
     SELECT 'memset', start_ns, end_ns, duration_ns, bytes, 'Memset', CAST(NULL AS VARCHAR), mem_kind,
-           device_id, stream_id, global_pid, correlation_id
+           device_id, stream_id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), global_pid, correlation_id
     FROM memset
 ),
 calls AS (

@@ -20,12 +20,10 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,8 @@ from typing import Any
 from nsysan import nsys_tool
 from nsysan.errors import NsysanError
 from nsysan.export_check import SQLITE_SIDE_FILES, ReportError, export_mtime_ns, export_problem, inspect_report
+from nsysan.host import Completed, default_jobs, ignoring_interrupts, pid_alive, run, terminations_interrupt
+from nsysan.metadata import report_stem
 from nsysan.nsys_tool import Nsys, NsysNotFoundError, NsysVersion
 
 REPORT_SUFFIXES = (".nsys-rep", ".qdrep")
@@ -53,18 +53,16 @@ class _Cancelled(BaseException):
 
 # -- names ------------------------------------------------------------------------------------------------------
 
-def report_stem(report: Path) -> str:
-    """``run.nsys-rep`` -> ``run`` (any other name loses its last suffix)."""
-    for suffix in REPORT_SUFFIXES:
-        if report.name.endswith(suffix) and len(report.name) > len(suffix):
-            return report.name[: -len(suffix)]
-    return report.stem or report.name
+def _stem(report: Path) -> str:
+    """``run.nsys-rep`` -> ``run``; a report named otherwise loses its last suffix."""
+    stem = report_stem(report)
+    return stem if stem != report.name else (report.stem or report.name)
 
 
 def output_path(report: Path, kind: str, *, root: Path | None = None, out_dir: Path | None = None) -> Path:
     """Where the ``kind`` ("sqlite" or "parquet") export of ``report`` goes: beside it, or under ``out_dir``
     at the same place relative to ``root`` (the folder the report was found under) as the report."""
-    name = report_stem(report) + (".sqlite" if kind == "sqlite" else PARQUET_SUFFIX)
+    name = _stem(report) + (".sqlite" if kind == "sqlite" else PARQUET_SUFFIX)
     if out_dir is None:
         return report.parent / name
     relative = report.parent.relative_to(root) if root is not None else Path()
@@ -74,16 +72,6 @@ def output_path(report: Path, kind: str, *, root: Path | None = None, out_dir: P
 def _temp_pattern(output: Path) -> re.Pattern[str]:
     return re.compile(re.escape(output.name) + r"\.nsysan-(?P<pid>\d+)-[0-9a-f]+(?:\.old)?\.tmp"
                       r"(?:-journal|-wal|-shm)?")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stale_temporaries(output: Path) -> list[Path]:
@@ -96,7 +84,7 @@ def stale_temporaries(output: Path) -> list[Path]:
     stale = []
     for name in sorted(names):
         found = pattern.fullmatch(name)
-        if found and int(found["pid"]) != os.getpid() and not _pid_alive(int(found["pid"])):
+        if found and int(found["pid"]) != os.getpid() and not pid_alive(int(found["pid"])):
             stale.append(output.parent / name)
     return stale
 
@@ -244,14 +232,6 @@ def _identity(path: Path) -> Path:
 
 # -- the batch ---------------------------------------------------------------------------------------------------
 
-def default_jobs() -> int:
-    """The number of cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def resolve_kinds(types: str, tool: Nsys | None) -> tuple[tuple[str, ...], list[str]]:
     """The export kinds to write for ``types`` (sqlite | parquet | both) with this nsys, and notes."""
     if types not in TYPE_CHOICES:
@@ -325,7 +305,7 @@ def export(paths: str | Path | Iterable[str | Path], *, types: str = "sqlite", o
         if progress:
             progress(item, len(items), total)
     workers = min(jobs or default_jobs(), max(1, len(jobs_list)))
-    with _terminations_interrupt(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsysan-export") as pool:
+    with terminations_interrupt(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsysan-export") as pool:
         futures: set[Future[ExportItem]] = set()
         try:
             futures = {pool.submit(batch.process, report, outputs) for report, outputs in jobs_list}
@@ -339,7 +319,7 @@ def export(paths: str | Path | Iterable[str | Path], *, types: str = "sqlite", o
                     if progress:
                         progress(item, len(items), total)
         except BaseException:
-            with _ignoring_interrupts():
+            with ignoring_interrupts():
                 batch.cancel.set()
                 for future in futures:
                     future.cancel()
@@ -436,7 +416,7 @@ class _Batch:
             args = [self.tool.path, "export", "--type", NSYS_TYPE[kind], "--quiet", "true", "--force-overwrite",
                     "true", "--output", temp, report]
             try:
-                done = nsys_tool.run(args, timeout=self.timeout, cancel=self.cancel)
+                done = run(args, timeout=self.timeout, cancel=self.cancel)
             except OSError as e:
                 raise ReportError(f"cannot run {self.tool.path}: {e.strerror or e}") from None
             if done.cancelled:
@@ -469,7 +449,7 @@ class _Batch:
                 Path(f"{output}{side}").unlink(missing_ok=True)
             os.replace(temp, output)
 
-    def failure_reason(self, done: nsys_tool.Completed, version: NsysVersion | None) -> str:
+    def failure_reason(self, done: Completed, version: NsysVersion | None) -> str:
         assert self.tool is not None
         installed = self.tool.version
         message = done.message()
@@ -486,36 +466,3 @@ class _Batch:
         if re.search(r"magic number mismatch|cannot read from stream|unexpected end|truncat", message, re.I):
             return f"truncated or damaged report (nsys: {message}); copy it again or profile again"
         return f"nsys export failed (exit {done.returncode}): {message or 'no message'}"
-
-
-@contextmanager
-def _terminations_interrupt() -> Iterator[None]:
-    """In the main thread, turn SIGTERM and SIGHUP into KeyboardInterrupt, so they clean up like Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-
-@contextmanager
-def _ignoring_interrupts() -> Iterator[None]:
-    """Let cleanup finish even if Ctrl-C is pressed again (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)

@@ -1,11 +1,8 @@
-"""The ``nsysan export`` and ``nsysan doctor`` commands (registered into :mod:`nsysan.cli`).
+"""``nsysan export`` and ``nsysan doctor``: turn nsys reports into exports, and check the installation.
 
-Same conventions as :mod:`nsysan.cli`: data (the final table / the checks) to stdout or ``-o FILE``, messages and
-the progress bar to stderr. ``export`` exits 0 when every report converted or was up to date, 3 when some
-failed and others did not, 1 when every report failed or the request itself is wrong (no reports, no nsys),
-2 for usage errors, 130 when interrupted. ``doctor`` exits 1 when a check fails.
-
-Try them without the main CLI: ``python -m nsysan.cli_export export runs/`` / ``python -m nsysan.cli_export doctor``.
+``export`` exits 0 when every report converted or was up to date, 3 when some failed and others did not, 1 when
+every report failed or the request itself is wrong (no reports, no nsys), 2 for usage errors, 130 when
+interrupted. ``doctor`` exits 1 when a check fails.
 """
 from __future__ import annotations
 
@@ -14,25 +11,23 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from nsysan.cli_common import EXIT_PARTIAL, EXIT_USER_ERROR, FormatOpt, Output, message, user_errors
-from nsysan.errors import NsysanError
-from nsysan.export import ExportItem
-from nsysan.render import FORMATS, emit, infer_format, write_atomic
+from nsysan.cli import views
+from nsysan.cli.options import FormatOpt, Output, message, user_errors
+from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USER_ERROR, NsysanError
+from nsysan.render import emit, infer_format, terminal_width, write_atomic
 
-EXIT_INTERRUPTED = 130
+if TYPE_CHECKING:
+    from nsysan.exporter import ExportItem
 
-app = typer.Typer(name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
-                  help="Convert nsys reports to exports, and check the installation.")
+app = typer.Typer()
 
 NsysOpt = Annotated[Optional[str], typer.Option(
     "--nsys", help="The nsys to use (a binary or an install folder). Default: $NSYS, else the newest nsys on "
     "PATH, in the usual install folders and in nsysan's cache.", show_default=False)]
-
-EXPORT_TABLE = ("report", "status", "outputs", "reason")
 
 
 @contextmanager
@@ -90,12 +85,10 @@ def export(
 
     Example: nsysan export runs/ --jobs 4 --type both --summary export.json
     """
-    from nsysan.export import export as run_export  # as a name of its own: this function is called export
+    from nsysan.exporter import export as run_export  # as a name of its own: this function is called export
 
     with user_errors():
         chosen = infer_format(fmt, output)
-        if chosen not in FORMATS:
-            raise NsysanError(f"unknown format {chosen!r}; choose from {', '.join(FORMATS)}")
         if summary is not None and summary.is_dir():
             raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
         try:
@@ -112,7 +105,8 @@ def export(
             message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
         for item in result.failed:
             message(f"nsysan: {item.line()}")
-        emit(result.to_frame(), chosen, output, title="nsys exports", table_columns=EXPORT_TABLE)
+        frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
+        emit(frame, chosen, output, **shape)
         if summary is not None:
             write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
         counts = result.counts
@@ -139,22 +133,27 @@ def doctor(
 
     Example: nsysan doctor --deep
     """
-    import polars as pl
-
     from nsysan.doctor import FAIL
     from nsysan.doctor import doctor as run_doctor
 
     with user_errors():
         chosen = infer_format(fmt, output)
         checks = run_doctor(nsys, deep=deep)
-        frame = pl.DataFrame([c.to_dict() for c in checks],
-                             schema={"check": pl.String, "status": pl.String, "detail": pl.String, "fix": pl.String})
-        emit(frame, chosen, output, title="nsysan doctor")
+        if chosen == "table":
+            # Sentences, not cells: each check on its line, the fix wrapped under it.
+            text = views.checklist([c.to_dict() for c in checks], terminal_width() if output is None else 100)
+            if output is None:
+                typer.echo(text, nl=False)
+            else:
+                write_atomic(output, text.encode())
+        else:
+            import polars as pl
+
+            frame = pl.DataFrame([c.to_dict() for c in checks], schema=dict.fromkeys(
+                ("check", "status", "detail", "fix"), pl.String))
+            emit(frame, chosen, output)
         failed = [c for c in checks if c.status == FAIL]
         if failed:
             message(f"nsysan: {len(failed)} check(s) failed: {', '.join(c.check for c in failed)}")
             raise typer.Exit(EXIT_USER_ERROR)
 
-
-if __name__ == "__main__":
-    app()

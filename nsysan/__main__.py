@@ -1,0 +1,4 @@
+"""``python -m nsysan``: the ``nsysan`` command."""
+from nsysan.cli import main
+
+main()

@@ -1,0 +1,181 @@
+"""The one path every many-report function of :mod:`nsysan.api` takes: per-report frames, pooled.
+
+    result = pooled(runs, partial(latency.instances, select=select),
+                    pool=partial(latency.latency_summary, by=("model",), select=select),
+                    by=("model",), row_keys=latency.ROW_KEYS)
+
+1. ``runs`` becomes a :class:`~nsysan.collection.Collection` (paths, folders, a collection, or open reports).
+   Run metadata of every report is read first (names and sidecars: cheap), so that a grouping key that no
+   report has fails at once, before any report is opened;
+2. each report is opened once and ``per_report(report)`` gives its tidy frame, tagged with ``report`` and the
+   report's metadata columns; derived tables that several steps need are memoised on the open report
+   (:func:`nsysan.load.derived`);
+3. a report that cannot be read or analysed becomes a :class:`~nsysan.collection.Failure` (one line naming the
+   file and the problem) and the others go on; warnings an analysis raises (:class:`NsysanWarning`) become
+   notes, prefixed with the report;
+4. the frames are stacked and ``pool(frame)`` summarises them.
+
+The input collection is never changed: failures and notes travel in the :class:`Result`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import polars as pl
+
+from nsysan.collection import Collection, Failure, collect
+from nsysan.errors import NsysanError, NsysanWarning
+from nsysan.load import Report
+
+Runs = Union[Collection, Report, str, os.PathLike, Iterable[Union[str, os.PathLike, Report]]]
+Progress = Callable[[Path], None] | None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a many-report analysis returns: the tidy ``frame`` (columns documented by each function),
+    the reports that ``failures`` kept out of it, and ``notes``: plain sentences about the result (rows an
+    analysis left out and why, what could not be computed)."""
+
+    frame: pl.DataFrame
+    failures: tuple[Failure, ...] = ()
+    notes: tuple[str, ...] = ()
+    analysed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when every report was analysed."""
+        return not self.failures
+
+    def with_frame(self, frame: pl.DataFrame, *notes: str) -> Result:
+        return Result(frame, self.failures, (*self.notes, *notes), self.analysed)
+
+    def __repr__(self) -> str:
+        lines = [repr(self.frame)]
+        lines += [f"note: {n}" for n in self.notes]
+        lines += [f"failed: {f.reason}" for f in self.failures]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        extra = "".join(f"<p>note: {escape(n)}</p>" for n in self.notes)
+        extra += "".join(f"<p>failed: {escape(f.reason)}</p>" for f in self.failures)
+        return self.frame._repr_html_() + extra
+
+
+@dataclass
+class Inputs:
+    """The reports of one call: a collection, and those of them the caller holds open."""
+
+    collection: Collection
+    opened: dict[Path, Report] = field(default_factory=dict)
+
+
+def inputs(runs: Runs | Inputs) -> Inputs:
+    """What ``runs`` names, found once (a generator of paths is read once; call this to reuse it)."""
+    if isinstance(runs, Inputs):
+        return runs
+    if isinstance(runs, Collection):
+        return Inputs(runs)
+    if isinstance(runs, Report):
+        return Inputs(Collection((runs.path,)), {runs.path: runs})
+    if isinstance(runs, (str, os.PathLike)):
+        return Inputs(collect(runs))
+    items = list(runs)
+    opened = {item.path: item for item in items if isinstance(item, Report)}
+    paths = [item for item in items if not isinstance(item, Report)]
+    found = collect(paths) if paths else Collection(())
+    return Inputs(Collection((*found.paths, *opened)), opened)
+
+
+def check_keys(by: Sequence[str], collection: Collection, row_keys: Sequence[str] = ()) -> None:
+    """Fail with one line when a grouping key is neither ``report``, a metadata key of some report, nor a
+    per-row key the analysis provides."""
+    if isinstance(by, str):
+        raise NsysanError(f"by takes a sequence of keys, e.g. by=[{by!r}], not the string {by!r}")
+    known = [*collection.keys, *row_keys]
+    missing = [k for k in by if k not in known]
+    if missing:
+        raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(known)}")
+
+
+def pooled(runs: Runs | Inputs, per_report: Callable[[Report], pl.DataFrame], *,
+           pool: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: Sequence[str] = ("report",),
+           row_keys: Sequence[str] = (), progress: Progress = None) -> Result:
+    """Apply ``per_report`` to every report of ``runs``, tag and stack the frames, then ``pool`` them
+    (steps of the module doc). An empty stack is returned as it is, without pooling."""
+    found = inputs(runs)
+    check_keys(by, found.collection, row_keys)
+    frames, failures, notes = [], [], []
+    for path, outcome, raised in _each(found, per_report, progress):
+        notes += raised
+        if isinstance(outcome, Failure):
+            failures.append(outcome)
+        else:
+            frames.append(outcome)
+    frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    if pool is not None and not frame.is_empty():
+        frame = pool(frame)
+    return Result(frame, tuple(failures), tuple(notes), len(frames))
+
+
+def _each(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progress: Progress
+          ) -> Iterable[tuple[Path, pl.DataFrame | Failure, list[str]]]:
+    collection = found.collection
+    for path in collection.paths:
+        meta = collection.metadata[path]
+        raised: list[str] = []
+        try:
+            if isinstance(meta, Failure):
+                yield path, meta, raised
+                continue
+            outcome = _analyse(path, found.opened.get(path), per_report, raised)
+            yield path, outcome if isinstance(outcome, Failure) else _tagged(
+                outcome, {"report": collection.names[path], **meta}), raised
+        finally:
+            if progress:
+                progress(path)
+
+
+def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], pl.DataFrame],
+             raised: list[str]) -> pl.DataFrame | Failure:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NsysanWarning)
+        try:
+            if report is not None:
+                frame = per_report(report)
+            else:
+                with Report(path) as opened:
+                    frame = per_report(opened)
+        except NsysanError as e:
+            return Failure(path, str(e))
+        finally:
+            for w in caught:
+                if issubclass(w.category, NsysanWarning):
+                    text = str(w.message)
+                    raised.append(text if str(path) in text else f"{path}: {text}")
+    return frame
+
+
+def _tagged(frame: pl.DataFrame, tags: dict[str, Any]) -> pl.DataFrame:
+    """``frame`` with one constant column per tag, ``report`` first and metadata last; a column the frame
+    already has is the frame's own."""
+    tagged = frame.with_columns([pl.lit(value, dtype=_literal_type(value)).alias(key)
+                                 for key, value in tags.items() if key not in frame.columns])
+    return tagged.select("report", pl.exclude("report")) if "report" in tagged.columns else tagged
+
+
+def _literal_type(value: Any) -> pl.DataType:
+    if isinstance(value, bool):
+        return pl.Boolean()
+    if isinstance(value, int):
+        return pl.Int64()
+    if isinstance(value, float):
+        return pl.Float64()
+    return pl.String()
