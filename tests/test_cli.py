@@ -379,3 +379,72 @@ def test_output_files_follow_the_umask(good, tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "info.csv").stat().st_mode & 0o777 == 0o644
+
+
+# -- tables people read ----------------------------------------------------------------------------------------
+
+TABLE_COMMANDS = [["latency"], ["latency", "--by-model"], ["latency", "--trace"], ["kernels"], ["kernels", "--by-model"],
+                  ["info"], ["bandwidth"], ["bandwidth", "--by-stage"], ["bandwidth", "--histogram"],
+                  ["utilization", "--window", "forward"], ["utilization", "--kernels"], ["throughput", "--by-model"],
+                  ["compare", "--by", "model,variant"]]
+
+
+@pytest.mark.parametrize(("command", "width"), [*((c, 100) for c in TABLE_COMMANDS),
+                                                  *((c, 120) for c in TABLE_COMMANDS[::3])],
+                         ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_tables_fit_the_terminal_without_wrapping(command, width):
+    # The two samples with the longest report and kernel names.
+    wide = [str(p) for p in nsysan.sample_paths() if "vit16x12x1024" in p.name or "pageable" in p.name]
+    result = runner.invoke(app, [*command, *wide], env={"COLUMNS": str(width)})
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= width, max(lines, key=len)
+    rule = next(i for i, line in enumerate(lines) if set(line.strip()) == {"─"})
+    body = lines[rule + 1:]
+    # No cell wraps: every row is one line (a continuation line would start with spaces under the first column).
+    first = result.stdout.splitlines()[rule + 1]
+    indent = len(first) - len(first.lstrip())
+    assert all(len(line) - len(line.lstrip()) == indent for line in body if line and not line.startswith(
+        ("1 more", "2 more", "3 more", "4 more", "5 more", "6 more", "7 more", "8 more", "9 more"))), body
+
+
+def test_microsecond_kernels_keep_their_digits(good):
+    # gemm: 200 and 100 ns -> 0.00015 ms mean; three decimals would print 0.000.
+    table = ok("kernels", good).stdout
+    assert "0.000150" in table
+
+
+def test_names_are_printed_as_written(tmp_path):
+    b = ExportBuilder()
+    b.range("[bold]x[/bold]", 0, 1000)
+    b.range("[link=http://example.com]y[/link]", 2000, 3000)
+    b.launch(MAIN_TID, 100, 110, 200, 300, name="[red]k[/red](int)")
+    path = b.write(tmp_path / "markup.sqlite")
+    table = ok("latency", path).stdout
+    assert "[bold]x[/bold]" in table and "[link=http://example.com]y[/link]" in table
+    assert "[red]k[/red](…)" in ok("kernels", path).stdout  # the table's compact name, markup and all
+    assert "\x1b" not in table
+
+
+def test_every_analysis_command_selects_the_same_instances_by_default():
+    """One default for every command: the option group builds exactly nsysan.Selection()."""
+    from nsysan.cli.options import _selection
+    from nsysan.selection import Selection
+
+    assert _selection(None, False, 0, True, "batch_*") == Selection()
+    assert _selection(None, True, 3, False, "batch_*") == Selection.everything()
+    group = typer.main.get_command(app)
+    for name in ("latency", "kernels", "bandwidth", "utilization", "throughput", "compare", "numa"):
+        params = {p.name: p.default for p in group.commands[name].params}
+        assert (params["exclude_within"], params["all_instances"], params["skip_first"], params["merge_numbered"],
+                params["batches"]) == (None, False, 0, True, "batch_*"), name
+
+
+def test_the_runner_needs_neither_polars_nor_duckdb(tmp_path):
+    """``nsysan run`` on a machine with only the runner's dependencies: the analysis packages cannot be imported."""
+    code = ("import sys; sys.modules.update(polars=None, duckdb=None, pyarrow=None); "
+            "sys.argv = ['nsysan', 'run', 'experiment=quick_test', 'hardware=cpu', '--dry-run', "
+            f"'output_dir={tmp_path}']; from nsysan.cli import main; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "pipeline_gpu0_numa0_vit0x0x0" in done.stdout

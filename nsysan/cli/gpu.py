@@ -147,7 +147,7 @@ def throughput(
     by_model: ByModel = False,
     batch_size: Annotated[Optional[int], typer.Option(
         "--batch-size", help="Samples per batch for every report (default: each report's metadata: sidecar "
-        "batch_size or batch, or bs<N> in its name).", min=1)] = None,
+        "batch_size or batch, or bsN in its name).", min=1)] = None,
     fmt: FormatOpt = None,
     output: Output = None,
     select: object = None,

@@ -26,8 +26,8 @@ def latency(
     """Per-stage latency: CPU time of each NVTX range and the GPU work it launched.
 
     GPU projection follows nsys stats' nvtx_gpu_proj_sum (docs/metrics.md). By default warm-up instances
-    (warmup_*) are left out and numbered ranges pooled (batch_*); --all-instances --no-merge-numbered counts
-    what nsys stats counts.
+    (`warmup_*`) are left out and numbered ranges pooled (`batch_*`); `--all-instances --no-merge-numbered`
+    counts what nsys stats counts.
 
     Example: nsysan latency --by-model --sample
     """

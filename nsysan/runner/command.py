@@ -195,9 +195,9 @@ def run(
 ) -> None:
     """Run a study under nsys: Hydra overrides in, reports and results.json out.
 
-    Every combination of hardware.gpu_ids x hardware.numa_nodes x models x variants runs
-    workloads/vit_pipeline.py under numactl and nsys profile; reports go to
-    outputs/<experiment>/<date>/<time>/nsys_reports/pipeline_gpu{G}_numa{N}_vit{P}x{D}x{H}[_{variant}].nsys-rep.
+    Every combination of hardware.gpu_ids x hardware.numa_nodes x models x variants runs the workload
+    (`workloads/vit_pipeline.py`) under numactl and nsys profile; reports go to
+    `outputs/<experiment>/<date>/<time>/nsys_reports/pipeline_gpu{G}_numa{N}_vit{P}x{D}x{H}[_{variant}].nsys-rep`.
     Experiments: quick_test, numa_study, scaling_study, compile_study, resolution_study, pipeline_study
     (docs/workloads.md). hardware=cpu runs without a GPU.
 
