@@ -20,9 +20,9 @@ from nsysan.errors import MissingDataError, NotAnExportError, NsysanError, Nsysa
 __version__ = "0.2.0"
 
 _LAZY = {
-    **dict.fromkeys(("ANALYSES", "bandwidth", "collect", "compare", "copy_sizes", "info", "kernels", "latency",
-                     "latency_trace", "numa", "numa_heatmap", "open", "sample_paths", "throughput", "top_kernels",
-                     "utilization"), "nsysan.api"),
+    **dict.fromkeys(("ANALYSES", "bandwidth", "collect", "collective_calls", "comm", "compare", "copy_sizes", "info",
+                     "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open", "sample_paths", "skew",
+                     "throughput", "top_kernels", "utilization"), "nsysan.api"),
     "Collection": "nsysan.collection", "Failure": "nsysan.collection",
     "Report": "nsysan.load", "Result": "nsysan.engine", "Selection": "nsysan.selection",
     "export": "nsysan.exporter", "ExportResult": "nsysan.exporter",
@@ -30,9 +30,9 @@ _LAZY = {
 
 __all__ = [
     "ANALYSES", "Collection", "ExportResult", "Failure", "MissingDataError", "NotAnExportError", "NsysanError",
-    "NsysanWarning", "Report", "Result", "Selection", "__version__", "bandwidth", "collect", "compare", "copy_sizes",
-    "export", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open", "sample_paths",
-    "throughput", "top_kernels", "utilization",
+    "NsysanWarning", "Report", "Result", "Selection", "__version__", "bandwidth", "collect", "collective_calls", "comm",
+    "compare", "copy_sizes", "export", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open",
+    "sample_paths", "skew", "throughput", "top_kernels", "utilization",
 ]
 
 

@@ -22,6 +22,7 @@ import polars as pl
 
 from nsysan import defaults
 from nsysan.analyses import bandwidth as _bandwidth
+from nsysan.analyses import comm as _comm
 from nsysan.analyses import compare as _compare
 from nsysan.analyses import inventory as _inventory
 from nsysan.analyses import kernels as _kernels
@@ -30,6 +31,7 @@ from nsysan.analyses import numa as _numa
 from nsysan.analyses import throughput as _throughput
 from nsysan.analyses import utilization as _utilization
 from nsysan.analyses.kernels import KernelNames
+from nsysan.attribution import RULES
 from nsysan.collection import Collection, Failure, collect
 from nsysan.engine import Progress, Result, Runs, check_keys, inputs, pooled
 from nsysan.errors import NsysanError
@@ -56,19 +58,30 @@ def _names(names: str) -> KernelNames:
 
 
 # -- stage latency ------------------------------------------------------------------------------------------
-def latency_trace(runs: Runs, *, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+def _attribution(rule: str) -> str:
+    _check(rule in RULES, f"attribution must be one of {', '.join(RULES)}, not {rule!r}")
+    return rule
+
+
+def latency_trace(runs: Runs, *, select: Selection = DEFAULT, attribution: str = "thread",
+                  progress: Progress = None) -> Result:
     """One row per NVTX range instance that ``select`` keeps, with its CPU time and the GPU work it launched
-    (names as recorded). Columns: those of :func:`nsysan.analyses.latency.range_trace`, ``report`` and run
-    metadata."""
-    return pooled(runs, partial(_latency.instances, select=select), by=(), progress=progress)
+    (names as recorded). Columns: those of :func:`nsysan.analyses.latency.range_trace`, ``report``, ``rank``,
+    ``device_id`` and run metadata. ``attribution`` as in :func:`latency`."""
+    return pooled(runs, partial(_latency.instances, select=select, attribution=_attribution(attribution)), by=(),
+                  progress=progress)
 
 
-def latency(runs: Runs, *, by: Keys = ("report",), select: Selection = DEFAULT, progress: Progress = None) -> Result:
+def latency(runs: Runs, *, by: Keys = ("report",), select: Selection = DEFAULT, attribution: str = "thread",
+            progress: Progress = None) -> Result:
     """Stage latency: per range name within each ``by`` group, CPU time and projected GPU time statistics
     over the selected instances (:func:`nsysan.analyses.latency.latency_summary` columns). GPU projection
-    follows ``nsys stats -r nvtx_gpu_proj_sum``."""
+    follows ``nsys stats -r nvtx_gpu_proj_sum`` with ``attribution="thread"`` (an op counts for the ranges
+    of the thread that launched it); ``"process"`` counts the ops any thread of the range's process launched
+    while the range was open (PyTorch's autograd thread, for ``backward``), which can count an op for ranges
+    of two threads (a prefetch thread's range and the main thread's batch)."""
     by = _by(by)
-    return pooled(runs, partial(_latency.instances, select=select),
+    return pooled(runs, partial(_latency.instances, select=select, attribution=_attribution(attribution)),
                   pool=partial(_latency.latency_summary, by=by, select=select), by=by,
                   row_keys=_latency.ROW_KEYS, progress=progress)
 
@@ -154,13 +167,14 @@ def throughput(runs: Runs, *, by: Keys = ("report",), batch_size: int | None = N
                progress: Progress = None) -> Result:
     """Samples/s and batch latency over the measured batches within each ``by`` group; batch sizes from each
     run's metadata unless ``batch_size`` is given (:func:`nsysan.analyses.throughput.throughput_summary`
-    columns). A group whose batch size is unknown gets a note and no samples/s."""
+    columns). The ranks of a distributed run step together: steps/s per run (or per rank with ``by`` holding
+    ``rank``), samples/s summed over ranks. A group whose batch size is unknown gets a note and no samples/s."""
     by = _by(by)
     _check(batch_size is None or (isinstance(batch_size, int) and batch_size > 0),
            f"batch_size must be a positive integer, not {batch_size!r}")
     result = pooled(runs, partial(_throughput.batch_trace, select=select),
                     pool=partial(_throughput.throughput_summary, by=by, batch_size=batch_size), by=by,
-                    row_keys=_throughput.ROW_KEYS, progress=progress)
+                    row_keys=_throughput.ROW_KEYS, progress=progress, pools_ranks=True)
     if result.frame.is_empty():
         return result
     notes = [f"{', '.join(f'{k}={row[k]}' for k in by)}: {row['note']}; samples/s not computed"
@@ -234,6 +248,48 @@ def numa_heatmap(penalty: Result | pl.DataFrame, *, metric: str = "range_ms", st
     return _numa.numa_heatmap(frame, metric=metric, statistic=statistic, direction=direction)
 
 
+# -- distributed runs ---------------------------------------------------------------------------------------
+def _message_bytes(message_bytes: Any) -> Any:
+    sizes = message_bytes.values() if isinstance(message_bytes, Mapping) else [message_bytes]
+    _check(message_bytes is None or all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes),
+           f"message_bytes must be a positive integer or a mapping of collective to one, not {message_bytes!r}")
+    return message_bytes
+
+
+def comm(runs: Runs, *, by: Keys = ("report",), by_stage: bool = False, message_bytes: int | Mapping[str, int] | None
+         = None, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """NCCL communication per rank and collective (and an ``all`` row per rank) within each ``by`` group: calls,
+    communication time, the compute time on the rank's device, their overlap and the exposed communication,
+    and bus bandwidth where message sizes are known (:func:`nsysan.analyses.comm.comm_summary` columns)."""
+    by = _by(by)
+    return pooled(runs, partial(_comm.comm_overlap, select=select, by_stage=by_stage,
+                                message_bytes=_message_bytes(message_bytes)),
+                  pool=partial(_comm.comm_summary, by=by, by_stage=by_stage), by=by,
+                  row_keys=("pid", "device_id", "collective", *(["stage"] if by_stage else [])), progress=progress,
+                  pools_ranks=True)
+
+
+def skew(runs: Runs, *, by: Keys = ("report",), per_step: bool = False, message_bytes: int | Mapping[str, int] |
+         None = None, select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """How the ranks arrive at each collective call, matched across ranks: per rank and collective the arrival
+    lateness, the time spent waiting for the others and how often the rank came last
+    (:func:`nsysan.analyses.comm.skew_summary` columns); with ``per_step``, the straggler of every step
+    (:func:`nsysan.analyses.comm.skew_steps`)."""
+    by = _by(by)
+    pool = _comm.skew_steps if per_step else _comm.skew_summary
+    return pooled(runs, partial(_comm.collective_calls, select=select, message_bytes=_message_bytes(message_bytes)),
+                  pool=partial(pool, by=by), by=by, row_keys=("pid", "collective", "step"), progress=progress,
+                  pools_ranks=True)
+
+
+def collective_calls(runs: Runs, *, message_bytes: int | Mapping[str, int] | None = None,
+                     select: Selection = DEFAULT, progress: Progress = None) -> Result:
+    """Every NCCL call of every report, one row per call and rank, matched across ranks
+    (:func:`nsysan.analyses.comm.collective_calls` columns): what :func:`skew` and the skew plots summarise."""
+    return pooled(runs, partial(_comm.collective_calls, select=select, message_bytes=_message_bytes(message_bytes)),
+                  by=(), progress=progress)
+
+
 # -- what the exports hold --------------------------------------------------------------------------------------
 def info(runs: Runs, *, progress: Progress = None) -> Result:
     """One row per report: nsys version, export schema, and how many ranges, kernels, copies, memsets, CUDA
@@ -243,8 +299,8 @@ def info(runs: Runs, *, progress: Progress = None) -> Result:
 
 #: The many-report analyses, by name: what the command line, the report and the contract tests run over.
 ANALYSES = {f.__name__: f for f in (latency_trace, latency, kernels, bandwidth, copy_sizes, utilization, top_kernels,
-                                     throughput, compare, numa, info)}
+                                     throughput, compare, numa, comm, skew, collective_calls, info)}
 
-__all__ = ["ANALYSES", "Collection", "Failure", "Report", "Result", "Selection", "bandwidth", "collect", "compare",
-           "copy_sizes", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open",
-           "sample_paths", "throughput", "top_kernels", "utilization"]
+__all__ = ["ANALYSES", "Collection", "Failure", "Report", "Result", "Selection", "bandwidth", "collect",
+           "collective_calls", "comm", "compare", "copy_sizes", "info", "kernels", "latency", "latency_trace", "numa",
+           "numa_heatmap", "open", "sample_paths", "skew", "throughput", "top_kernels", "utilization"]

@@ -18,6 +18,8 @@ from nsysan.selection import DEFAULT, Selection, names_matching, warmup_ranges
 from nsysan.sql import query
 
 PAIR_SCHEMA = {"range_id": pl.Int64, "launch": pl.UInt32}
+#: A globalTid divided by this is its process (the low 24 bits are the thread id).
+PROCESS_BITS = 1 << 24
 
 
 @derived
@@ -44,10 +46,17 @@ def launches(report: Report) -> pl.DataFrame:
     return report.frame(query("launches"))
 
 
+#: Which ranges a GPU op counts for: ``thread`` (nsys's rule: the launching call lies inside the range on the
+#: range's own thread) or ``process`` (launched by any thread of the range's process while the range was open).
+RULES = ("thread", "process")
+
+
 @derived
-def launch_pairs(report: Report) -> pl.DataFrame:
-    """:func:`launch_ranges` of every op of the report (indices into :func:`launches`)."""
-    return launch_ranges(launches(report), range_nesting(report))
+def launch_pairs(report: Report, rule: str = "thread") -> pl.DataFrame:
+    """:func:`launch_ranges` (or, for the ``process`` rule, :func:`process_launch_ranges`) of every op of the
+    report (indices into :func:`launches`)."""
+    pair = process_launch_ranges if rule == "process" else launch_ranges
+    return pair(launches(report), range_nesting(report))
 
 
 def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
@@ -57,7 +66,26 @@ def launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame
     is :func:`range_nesting`. Columns: ``range_id`` and ``launch``, the row index into ``launched`` — only
     indices travel through the climb, so memory stays proportional to the pairs, not to the op columns.
     """
-    calls = launched.select("global_tid", "call_start", "call_end").with_row_index("launch")
+    return _climb(launched.select("global_tid", "call_start", "call_end").with_row_index("launch"), nesting)
+
+
+def process_launch_ranges(launched: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
+    """Every (range, launch) pair where the launching call lies inside the range and was made by any thread of
+    the range's process (PyTorch launches backward kernels from its autograd thread, inside the main thread's
+    ``backward`` range). Each launch is offered to the ranges of every thread of its process that has ranges,
+    so an op counts for a range of each such thread that was open at the call (documented: it can count twice,
+    e.g. for a prefetch thread's range and the main thread's batch)."""
+    calls = (launched.select("global_tid", "call_start", "call_end").with_row_index("launch")
+             .with_columns(_pid=pl.col("global_tid") // PROCESS_BITS))
+    threads = nesting.select(_range_tid="global_tid").unique().with_columns(_pid=pl.col("_range_tid") // PROCESS_BITS)
+    offered = calls.join(threads, on="_pid").select("launch", global_tid="_range_tid", call_start="call_start",
+                                                     call_end="call_end")
+    return _climb(offered, nesting)
+
+
+def _climb(calls: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
+    """The pairs of :func:`launch_ranges` for ``calls`` (``launch``, ``global_tid``, ``call_start``,
+    ``call_end``): an as-of join per thread, then up each range's parent chain."""
     # Of ranges starting at the same instant on a thread the innermost; its ancestors hold the others.
     starts = (nesting.sort("global_tid", "start_ns", "end_ns", "range_id", descending=[False, False, False, True])
               .unique(["global_tid", "start_ns"], keep="first", maintain_order=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 #: Ranges named like this, and everything nested inside them, are warm-up: left out unless asked for.
 WARMUP_PATTERN = "warmup_*"
 #: The per-batch (or per-step) ranges; the outermost matches are the measured batches.
-BATCH_PATTERN = "batch_*"
+BATCH_PATTERNS = ("batch_*", "step_*")
 
 #: Copies smaller than this are "tiny": per-copy overhead of a few µs dominates their transfer time.
 TINY_BYTES = 64 * 1024

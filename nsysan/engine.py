@@ -30,6 +30,7 @@ import polars as pl
 
 from nsysan.collection import Collection, Failure, collect
 from nsysan.errors import NsysanError, NsysanWarning
+from nsysan import ranks
 from nsysan.load import Report
 
 Runs = Union[Collection, Report, str, os.PathLike, Iterable[Union[str, os.PathLike, Report]]]
@@ -99,7 +100,7 @@ def check_keys(by: Sequence[str], collection: Collection, row_keys: Sequence[str
     per-row key the analysis provides."""
     if isinstance(by, str):
         raise NsysanError(f"by takes a sequence of keys, e.g. by=[{by!r}], not the string {by!r}")
-    known = [*collection.keys, *row_keys]
+    known = [*collection.keys, *row_keys, *(k for k in ranks.KEYS if "pid" in row_keys and k not in row_keys)]
     missing = [k for k in by if k not in known]
     if missing:
         raise NsysanError(f"unknown grouping key(s) {', '.join(missing)}; keys here: {', '.join(known)}")
@@ -107,9 +108,10 @@ def check_keys(by: Sequence[str], collection: Collection, row_keys: Sequence[str
 
 def pooled(runs: Runs | Inputs, per_report: Callable[[Report], pl.DataFrame], *,
            pool: Callable[[pl.DataFrame], pl.DataFrame] | None = None, by: Sequence[str] = ("report",),
-           row_keys: Sequence[str] = (), progress: Progress = None) -> Result:
+           row_keys: Sequence[str] = (), progress: Progress = None, pools_ranks: bool = False) -> Result:
     """Apply ``per_report`` to every report of ``runs``, tag and stack the frames, then ``pool`` them
-    (steps of the module doc). An empty stack is returned as it is, without pooling."""
+    (steps of the module doc). An empty stack is returned as it is, without pooling. Unless the pooling
+    function itself combines ranks (``pools_ranks``), a note says when groups pool the ranks of a report."""
     found = inputs(runs)
     check_keys(by, found.collection, row_keys)
     frames, failures, notes = [], [], []
@@ -121,8 +123,20 @@ def pooled(runs: Runs | Inputs, per_report: Callable[[Report], pl.DataFrame], *,
             frames.append(outcome)
     frame = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     if pool is not None and not frame.is_empty():
+        notes += [] if pools_ranks else _pooled_ranks(frame, by)
         frame = pool(frame)
     return Result(frame, tuple(failures), tuple(notes), len(frames))
+
+
+def _pooled_ranks(frame: pl.DataFrame, by: Sequence[str]) -> list[str]:
+    """A note when a group pools the ranks (processes) of a distributed report without being asked to."""
+    if "rank" not in frame.columns or set(ranks.SEPARATING) & set(by) or "report" not in frame.columns:
+        return []
+    several = frame.group_by("report").agg(pl.col("rank").n_unique().alias("ranks")).filter(pl.col("ranks") > 1)
+    if several.is_empty():
+        return []
+    return [f"{several.height} report(s) hold several ranks (processes), pooled here; group by rank "
+            f"(by=[..., 'rank'], --by ...,rank) to keep them apart"]
 
 
 def _each(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progress: Progress
@@ -149,10 +163,10 @@ def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], p
         warnings.simplefilter("always", NsysanWarning)
         try:
             if report is not None:
-                frame = per_report(report)
+                frame = _ranked(per_report(report), report)
             else:
                 with Report(path) as opened:
-                    frame = per_report(opened)
+                    frame = _ranked(per_report(opened), opened)
         except NsysanError as e:
             return Failure(path, str(e))
         finally:
@@ -161,6 +175,14 @@ def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], p
                     text = str(w.message)
                     raised.append(text if str(path) in text else f"{path}: {text}")
     return frame
+
+
+def _ranked(frame: pl.DataFrame, report: Report) -> pl.DataFrame:
+    """Rows of a process get its ``rank`` and ``device_id`` (:mod:`nsysan.ranks`): the keys that keep the
+    processes of a distributed job apart."""
+    if "pid" not in frame.columns:
+        return frame
+    return ranks.attach(frame, ranks.processes(report))
 
 
 def _tagged(frame: pl.DataFrame, tags: dict[str, Any]) -> pl.DataFrame:

@@ -8,6 +8,7 @@ the main schema (``nvtx_ranges``, ``kernels``, ``memcpy``, ``memset``, ``gpu_ops
 from __future__ import annotations
 
 import functools
+import inspect
 import shutil
 import sqlite3
 import tempfile
@@ -219,10 +220,14 @@ def derived(compute: Callable[..., T]) -> Callable[..., T]:
     Derived tables that several analyses share (range nesting, launches, which ranges launched each op) are
     then read once per report however many analyses of one call need them. Options must be hashable."""
     name = f"{compute.__module__}.{compute.__qualname__}"
+    signature = inspect.signature(compute)
 
     @functools.wraps(compute)
     def once(report: Report, **options: Any) -> T:
-        key = (name, tuple(sorted(options.items())))
+        # Defaults are bound first, so that f(report) and f(report, option=its default) share one result.
+        bound = signature.bind(report, **options)
+        bound.apply_defaults()
+        key = (name, tuple(sorted(list(bound.arguments.items())[1:])))
         memo = report._derived
         if key not in memo:
             memo[key] = compute(report, **options)

@@ -2,7 +2,7 @@
 
     Selection()                    # the default: warm-up left out, numbered names pooled (batch_7 -> batch_*)
     Selection.everything()         # every instance, names as recorded: what nsys stats counts
-    Selection(skip_first=2, batches="step_*")
+    Selection(skip_first=2, batches="iter_*")
 
 The rules, in order (docs/metrics.md, "Instance selection"):
 
@@ -12,8 +12,9 @@ The rules, in order (docs/metrics.md, "Instance selection"):
    process are left out, by start time;
 3. **numbered names**: where instances are pooled into statistics, ``batch_12`` and ``batch_13`` count as one
    stage ``batch_*`` (``merge_numbered``); traces keep the names as recorded;
-4. **batches**: the measured batches (throughput, the ``batches`` window) are the outermost instances named
-   like ``batches`` (default ``batch_*``) that rules 1 and 2 kept.
+4. **batches**: the measured batches (throughput, the ``batches`` window, the steps of distributed runs) are
+   the outermost instances named like a pattern of ``batches`` (default ``batch_*`` and ``step_*``) that rules 1
+   and 2 kept.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nsysan.defaults import BATCH_PATTERN, WARMUP_PATTERN
+from nsysan.defaults import BATCH_PATTERNS, WARMUP_PATTERN
 from nsysan.errors import NsysanError
 
 _NUMBERED = re.compile(r"([_\-.:]?)\d+$")
@@ -37,7 +38,7 @@ class Selection:
     exclude_within: tuple[str, ...] = (WARMUP_PATTERN,)
     skip_first: int = 0
     merge_numbered: bool = True
-    batches: str = BATCH_PATTERN
+    batches: tuple[str, ...] = BATCH_PATTERNS
 
     def __post_init__(self) -> None:
         patterns = self.exclude_within
@@ -50,11 +51,13 @@ class Selection:
             raise NsysanError(f"exclude_within takes glob patterns (strings), not {self.exclude_within!r}")
         if isinstance(self.skip_first, bool) or not isinstance(self.skip_first, int) or self.skip_first < 0:
             raise NsysanError(f"skip_first must be a whole number >= 0, not {self.skip_first!r}")
-        if not isinstance(self.batches, str) or not self.batches:
-            raise NsysanError(f"batches must be a glob pattern such as 'batch_*', not {self.batches!r}")
+        batches = (self.batches,) if isinstance(self.batches, str) else tuple(self.batches or ())
+        object.__setattr__(self, "batches", tuple(p for p in batches if p))
+        if not self.batches or not all(isinstance(p, str) for p in self.batches):
+            raise NsysanError(f"batches must be glob patterns such as 'batch_*', not {batches!r}")
 
     @classmethod
-    def everything(cls, *, batches: str = BATCH_PATTERN) -> Selection:
+    def everything(cls, *, batches: str | tuple[str, ...] = BATCH_PATTERNS) -> Selection:
         """Every instance with its recorded name, as ``nsys stats`` counts them."""
         return cls(exclude_within=(), skip_first=0, merge_numbered=False, batches=batches)
 
@@ -93,9 +96,9 @@ def warmup_ranges(trace: pl.DataFrame, patterns: Sequence[str]) -> pl.DataFrame:
 
 
 def measured_batches(trace: pl.DataFrame, selection: Selection = DEFAULT) -> pl.DataFrame:
-    """Rule 4: the outermost instances named like ``selection.batches`` among those rules 1 and 2 keep,
-    sorted by start."""
-    names = names_matching(trace["range"], [selection.batches])
+    """Rule 4: the outermost instances named like a pattern of ``selection.batches`` among those rules 1 and 2
+    keep, sorted by start."""
+    names = names_matching(trace["range"], selection.batches)
     keys = _report_key(trace)
     outer = nested_in_named(trace, names, include_self=False).filter(~pl.col("nested"))
     kept = select_instances(trace, selection)

@@ -4,6 +4,7 @@ derived tables computed once per report, and the same answer twice."""
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -15,6 +16,9 @@ from nsysan.load import Report
 from nsysan.sql import query
 
 SAMPLES = nsysan.sample_paths()
+DDP = Path(__file__).parent / "fixtures" / "h200x2" / "ddp_resnet18_2gpu.sqlite"
+#: Analyses of distributed runs: on the single-GPU samples they have nothing to say, and say so.
+DISTRIBUTED = {"comm", "skew", "collective_calls"}
 #: Options that make each analysis meaningful on the samples (the rest keep their defaults).
 OPTIONS = {"utilization": {"window": "forward"}, "top_kernels": {"window": "forward", "top": 3}}
 
@@ -27,7 +31,15 @@ def takes_by(name: str) -> bool:
     return "by" in inspect.signature(nsysan.ANALYSES[name]).parameters
 
 
-@pytest.mark.parametrize("name", sorted(nsysan.ANALYSES))
+@pytest.mark.parametrize("name", sorted(DISTRIBUTED))
+def test_distributed_analyses_say_when_there_is_no_communication(name):
+    result = call(name, SAMPLES[:2])
+    assert result.ok and result.frame.is_empty()
+    assert len(result.notes) == 2 and all("no NCCL kernels" in n for n in result.notes)
+    assert call(name, DDP).frame.height > 0
+
+
+@pytest.mark.parametrize("name", sorted(set(nsysan.ANALYSES) - DISTRIBUTED))
 def test_every_analysis_returns_a_result_and_is_deterministic(name):
     first = call(name, SAMPLES[:2])
     assert isinstance(first, nsysan.Result) and first.ok and first.analysed == 2

@@ -431,13 +431,14 @@ def test_every_analysis_command_selects_the_same_instances_by_default():
     from nsysan.cli.options import _selection
     from nsysan.selection import Selection
 
-    assert _selection(None, False, 0, True, "batch_*") == Selection()
-    assert _selection(None, True, 3, False, "batch_*") == Selection.everything()
+    assert _selection(None, False, 0, True, None) == Selection()
+    assert _selection(None, True, 3, False, None) == Selection.everything()
+    assert _selection(["w*"], False, 2, True, ["it_*"]) == Selection(exclude_within="w*", skip_first=2, batches="it_*")
     group = typer.main.get_command(app)
     for name in ("latency", "kernels", "bandwidth", "utilization", "throughput", "compare", "numa"):
         params = {p.name: p.default for p in group.commands[name].params}
         assert (params["exclude_within"], params["all_instances"], params["skip_first"], params["merge_numbered"],
-                params["batches"]) == (None, False, 0, True, "batch_*"), name
+                params["batches"]) == (None, False, 0, True, None), name
 
 
 def test_the_runner_needs_neither_polars_nor_duckdb(tmp_path):

@@ -213,7 +213,9 @@ def test_capture_under_nsys_async(nsys, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     nsysan.export([rep], nsys=nsys)
     # The default selection: warm-up (warmup_*, warmup_prefetch_*) left out, numbered ranges pooled.
-    table = nsysan.latency(tmp_path, by=["model", "variant"]).frame
+    result = nsysan.latency(tmp_path, by=["model", "variant"])
+    assert result.ok and result.analysed == 1, (result.failures, sorted(p.name for p in tmp_path.iterdir()))
+    table = result.frame
     counts = dict(zip(table["range"].to_list(), table["instances"].to_list()))
     assert counts == {"batch_*": 3, "prefetch_*": 3, **dict.fromkeys(STAGES, 3)}
     assert set(table["variant"].to_list()) == {"async"}

@@ -25,7 +25,7 @@ from nsysan.sql import query
 
 COPY_KEYS = ("direction", "src_kind", "dst_kind")
 #: Columns of :func:`copy_trace` besides ``report`` and run metadata that summaries can be grouped by.
-ROW_KEYS = ("device_id", "stream_id", "src_device_id", "dst_device_id")
+ROW_KEYS = ("device_id", "stream_id", "src_device_id", "dst_device_id", "pid")
 
 
 def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = False,
@@ -35,7 +35,8 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
 
     Columns: ``op`` (memcpy/memset), ``start_ns``, ``end_ns``, ``duration_ns``, ``bytes``, ``direction``,
     ``src_kind``, ``dst_kind`` (labels from the export's ENUM tables), ``device_id``, ``stream_id``,
-    ``src_device_id``, ``dst_device_id``, ``api`` (name of the CUDA call that launched it; null without a CUDA
+    ``src_device_id``, ``dst_device_id`` (the GPUs at either end: the export's own for peer-to-peer copies, else
+    the copy's device for a device-memory end; null for host memory), ``pid``, ``api`` (name of the CUDA call that launched it; null without a CUDA
     API trace), ``is_async`` (the call is an ``...Async`` variant), ``pageable`` (source or destination is
     pageable host memory), ``global_pid``, ``correlation_id``; with ``by_stage``: ``stage`` (name of the
     innermost NVTX range whose thread launched the copy inside it; null outside any range) and
@@ -57,7 +58,8 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
         names = report.frame("SELECT range_id AS stage_range_id, name AS stage FROM nvtx_ranges")
         stages = op_stages(report).join(names, on="stage_range_id", how="left")
         copies = copies.join(stages, on=["global_pid", "correlation_id"], how="left")
-    return copies.drop("global_tid").sort("start_ns", "end_ns")
+    return copies.drop("global_tid").with_columns(pid=(pl.col("global_pid") // (1 << 24)) % (1 << 24)).sort(
+        "start_ns", "end_ns")
 
 
 def _union_per_group(copies: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

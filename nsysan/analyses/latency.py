@@ -12,12 +12,14 @@ Beyond nsys: ``gpu_busy_ns`` (union of the instance's op intervals), ``level`` a
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
 
 from nsysan.attribution import gather, launch_pairs, launches, range_nesting
-from nsysan.errors import MissingDataError
+from nsysan.errors import MissingDataError, NsysanWarning
 from nsysan.intervals import union_piece
 from nsysan.load import Report, derived
 from nsysan.schema import CAPTURE_HINTS
@@ -30,14 +32,21 @@ TRACE_COLUMNS = ("range", "style", "level", "parent", "start_ns", "range_ns", "g
 ROW_KEYS = ("pid", "tid")
 
 
-def instances(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
-    """The range instances of ``report`` that ``select`` keeps: :func:`range_trace` rows, names as recorded."""
-    return select_instances(range_trace(report), select)
+def instances(report: Report, *, select: Selection = DEFAULT, attribution: str = "thread") -> pl.DataFrame:
+    """The range instances of ``report`` that ``select`` keeps: :func:`range_trace` rows, names as recorded.
+    Under nsys's thread rule, a warning names the ranges whose GPU work other threads launched."""
+    trace = range_trace(report, attribution=attribution)
+    if attribution == "thread":
+        foreign_launches(report)
+    return select_instances(trace, select)
 
 
 @derived
-def range_trace(report: Report) -> pl.DataFrame:
+def range_trace(report: Report, attribution: str = "thread") -> pl.DataFrame:
     """One row per NVTX range instance with its GPU projection.
+
+    ``attribution`` picks which GPU ops count for a range (:data:`nsysan.attribution.RULES`): ``thread``
+    (nsys's rule, the default) or ``process`` (ops launched by any thread of its process while it was open).
 
     Columns: ``range`` (name), ``style`` (PushPop/StartEnd), ``level`` (0 = outermost), ``parent`` (name of
     the enclosing range), ``start_ns``, ``range_ns`` (CPU duration), ``gpu_proj_start_ns``, ``gpu_proj_ns``
@@ -55,7 +64,7 @@ def range_trace(report: Report) -> pl.DataFrame:
     trace = ranges.join(nesting.select("range_id", "parent_id", "level"), on="range_id", how="left")
     trace = trace.with_columns(pl.col("level").fill_null(0))
     if _has_gpu_trace(report):
-        trace = trace.join(_project(report), on="range_id", how="left")
+        trace = trace.join(_project(report, attribution), on="range_id", how="left")
     else:
         trace = trace.with_columns(gpu_proj_start_ns=pl.lit(None, pl.Int64), gpu_proj_ns=pl.lit(None, pl.Int64),
                                    gpu_busy_ns=pl.lit(None, pl.Int64), gpu_ops=pl.lit(None, pl.Int64))
@@ -74,10 +83,10 @@ def _has_gpu_trace(report: Report) -> bool:
         report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY", "CUPTI_ACTIVITY_KIND_MEMSET"))
 
 
-def _project(report: Report) -> pl.DataFrame:
+def _project(report: Report, attribution: str) -> pl.DataFrame:
     """Projection of each range that launched GPU work: first op start, last op end - first op start,
     union of op intervals (busy), and distinct launches."""
-    pairs = gather(launches(report), launch_pairs(report), "correlation_id", "op_start", "op_end")
+    pairs = gather(launches(report), launch_pairs(report, rule=attribution), "correlation_id", "op_start", "op_end")
     return (pairs.sort("range_id", "op_start", "op_end")
             .with_columns(_piece=union_piece("op_start", "op_end", over=["range_id"]))
             .group_by("range_id")
@@ -115,3 +124,47 @@ def latency_summary(trace: pl.DataFrame, *, by: Sequence[str] = ("report",), sel
         pl.col("level").min().alias("_level"),
     )
     return summary.sort([*by, "_first_offset", "_level", "range"]).drop("_first_offset", "_level")
+
+
+#: Under nsys's rule, a range whose projected GPU time is below this share of its CPU time while other threads
+#: of its process launched GPU work during it is worth a warning: its GPU work was probably launched elsewhere.
+FOREIGN_SHARE = 0.01
+
+
+@derived
+def foreign_launches(report: Report) -> list[str]:
+    """Warnings (sent once per open report) naming the ranges whose GPU time under nsys's thread rule is under 1 %
+    of their CPU time while other threads of their process launched GPU work during them."""
+    if not _has_gpu_trace(report):
+        return []
+    trace = range_trace(report)
+    suspects = trace.filter((pl.col("range_ns") > 0)
+                            & (pl.col("gpu_proj_ns").fill_null(0) < FOREIGN_SHARE * pl.col("range_ns")))
+    if suspects.is_empty():
+        return []
+    calls = launches(report).select(pid=(pl.col("global_tid") // (1 << 24)) % (1 << 24),
+                                    tid=pl.col("global_tid") % (1 << 24), call_start="call_start")
+    by_process = {pid: np.sort(g["call_start"].to_numpy()) for (pid,), g in calls.group_by("pid")}
+    by_thread = {key: np.sort(g["call_start"].to_numpy()) for key, g in calls.group_by("pid", "tid")}
+    empty = np.zeros(0, dtype=np.int64)
+
+    def launched_in(starts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        return np.searchsorted(starts, hi, side="right") - np.searchsorted(starts, lo, side="left")
+
+    counted = []
+    for (pid, tid), rows in suspects.group_by("pid", "tid"):
+        lo = rows["start_ns"].to_numpy()
+        hi = lo + rows["range_ns"].to_numpy()
+        others = (launched_in(by_process.get(pid, empty), lo, hi)
+                  - launched_in(by_thread.get((pid, tid), empty), lo, hi))
+        counted.append(rows.select("range").with_columns(others=pl.Series(others, dtype=pl.Int64)))
+    flagged = (pl.concat(counted).filter(pl.col("others") > 0).group_by("range")
+               .agg(pl.len().alias("n"), pl.col("others").sum()).sort("others", descending=True))
+    totals = dict(trace.group_by("range").len().iter_rows())
+    messages = [f"{name}: under nsys's same-thread rule its GPU time is under 1 % of its CPU time in {n} of "
+                f"{totals[name]} instance(s), yet other threads of its process launched {others} GPU op(s) "
+                "during them (an autograd or prefetch thread?): attribution='process' (--attribution process) "
+                "counts them" for name, n, others in flagged.iter_rows()]
+    for text in messages:
+        warnings.warn(NsysanWarning(f"{report.path}: {text}"), stacklevel=2)
+    return messages

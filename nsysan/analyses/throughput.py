@@ -38,7 +38,7 @@ def batch_trace(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
     batches = measured_batches(range_trace(report), select)
     if batches.is_empty():
         outside = f" outside {', '.join(select.exclude_within)}" if select.exclude_within else ""
-        raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {select.batches!r}"
+        raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches {' or '.join(select.batches)}"
                                f"{outside}")
     return batches.select(
         "range", "start_ns", (pl.col("start_ns") + pl.col("range_ns")).alias("end_ns"),
@@ -89,34 +89,48 @@ def throughput_summary(batches: pl.DataFrame, *, by: Sequence[str] = ("report",)
     """Samples/s and batch latency per ``by`` group, from :func:`batch_trace` rows (tagged with ``report``
     and metadata over a collection; without a ``report`` column all rows are one run).
 
-    Columns: the ``by`` keys, ``runs``, ``batches``, ``batch_size`` (null when unknown or mixed within the
-    group), ``batch_size_source``, ``samples`` (batch size x batches, summed over runs; null when any run's
+    The ranks (processes, ``pid``) of a run step together: a run's window spans all its ranks (one clock), its
+    batches are the steps of one rank (the most of any rank), and its samples are summed over ranks.
+
+    Columns: the ``by`` keys, ``runs``, ``ranks`` (processes with batches, summed over runs), ``batches``
+    (steps, summed over runs), ``batch_size`` (per rank; null when unknown or mixed within the group),
+    ``batch_size_source``, ``samples`` (batch size x batches, summed over ranks and runs; null when any run's
     batch size is unknown), ``window_ns`` (sum over runs of last batch end - first batch start),
-    ``batches_per_s``, ``samples_per_s`` (samples / window), ``batch_ms_{mean,p50,p95,p99,min,max,std}``
-    (CPU duration of the batch ranges, pooled over runs) and ``note`` (why a value is missing)."""
+    ``batches_per_s`` (steps / window), ``samples_per_s`` (samples / window),
+    ``batch_ms_{mean,p50,p95,p99,min,max,std}`` (CPU duration of the batch ranges, pooled over ranks and runs)
+    and ``note`` (why a value is missing)."""
     frame = _with_batch_size(batches, batch_size)
     group = list(by) or ["_all"]
     if not by:
         frame = frame.with_columns(_all=pl.lit(0))
-    run_keys = ["report"] if "report" in frame.columns else []
-    # One window per run: runs are on different clocks, so windows are summed, never spanned across runs.
-    spans = frame.group_by(list(dict.fromkeys([*group, *run_keys]))).agg(
-        (pl.col("end_ns").max() - pl.col("start_ns").min()).alias("window_ns"),
-        pl.col("batch_size").first().alias("_size"),
-        pl.col("batch_size_source").first().alias("_source"),
-        pl.len().alias("_batches"),
-    )
-    per_group = spans.group_by(group).agg(
+    if "pid" not in frame.columns:
+        frame = frame.with_columns(pid=pl.lit(0, pl.Int64))
+    run = list(dict.fromkeys([*group, *(["report"] if "report" in frame.columns else [])]))
+    # Per rank of a run: its steps and samples.
+    streams = frame.group_by([*run, "pid"]).agg(
+        pl.len().alias("_steps"), pl.col("batch_size").first().alias("_size"),
+        pl.col("batch_size_source").first().alias("_source"))
+    # Per run: one window across its ranks (runs are on different clocks, so windows are summed, never spanned).
+    spans = frame.group_by(run).agg((pl.col("end_ns").max() - pl.col("start_ns").min()).alias("window_ns"))
+    runs = streams.group_by(run).agg(
+        pl.len().alias("_ranks"), pl.col("_steps").max().alias("_steps"),
+        (pl.col("_size") * pl.col("_steps")).sum().alias("_samples"),
+        pl.col("_size").null_count().alias("_unknown_ranks"),
+    ).join(spans, on=run, nulls_equal=True)
+    per_group = runs.group_by(group).agg(
         pl.len().cast(pl.Int64).alias("runs"),
+        pl.col("_ranks").sum().cast(pl.Int64).alias("ranks"),
+        pl.col("_steps").sum().cast(pl.Int64).alias("batches"),
         pl.col("window_ns").sum().cast(pl.Int64),
-        (pl.col("_size") * pl.col("_batches")).sum().cast(pl.Int64).alias("_samples"),
-        pl.col("_size").null_count().alias("_unknown"),
-        pl.col("_size").drop_nulls().unique().alias("_sizes"),
-        pl.col("_source").drop_nulls().unique().sort().str.join(",").alias("batch_size_source"),
+        pl.col("_samples").sum().cast(pl.Int64).alias("_samples"),
+        (pl.col("_unknown_ranks") > 0).sum().alias("_unknown"),
     )
-    stats = frame.group_by(group).agg(pl.len().cast(pl.Int64).alias("batches"),
-                                      *describe_ms(pl.col("batch_ns"), "batch_ms"))
-    out = per_group.join(stats, on=group, how="left", nulls_equal=True)
+    sizes = streams.group_by(group).agg(
+        pl.col("_size").drop_nulls().unique().alias("_sizes"),
+        pl.col("_source").drop_nulls().unique().sort().str.join(",").alias("batch_size_source"))
+    stats = frame.group_by(group).agg(*describe_ms(pl.col("batch_ns"), "batch_ms"))
+    out = (per_group.join(sizes, on=group, how="left", nulls_equal=True)
+           .join(stats, on=group, how="left", nulls_equal=True))
     known = pl.col("_unknown") == 0
     seconds = pl.col("window_ns") / NS_PER_S
     out = out.with_columns(
@@ -129,6 +143,6 @@ def throughput_summary(batches: pl.DataFrame, *, by: Sequence[str] = ("report",)
             pl.col("_unknown"), pl.col("runs"))),
         batch_size_source=pl.when(pl.col("batch_size_source") != "").then(pl.col("batch_size_source")),
     )
-    return out.select(*by, "runs", "batches", "batch_size", "batch_size_source", "samples", "window_ns",
+    return out.select(*by, "runs", "ranks", "batches", "batch_size", "batch_size_source", "samples", "window_ns",
                       "batches_per_s", "samples_per_s", *[c for c in out.columns if c.startswith("batch_ms_")],
                       "note").sort(group if by else [])

@@ -29,15 +29,16 @@ from nsysan.load import Report
 from nsysan.selection import DEFAULT, Selection, measured_batches, select_instances
 
 #: Columns of :func:`gpu_utilization` besides ``report`` and run metadata that summaries can be grouped by.
-ROW_KEYS = ("device_id", "stream_id")
+ROW_KEYS = ("device_id", "stream_id", "pid")
 _SUM_COLUMNS = ("window_ns", "kernel_busy_ns", "copy_busy_ns", "overlap_ns", "busy_ns", "idle_ns", "kernel_sum_ns",
                 "kernels", "copies")
 
 
 # -- windows -----------------------------------------------------------------------------------------------------
 def window_intervals(report: Report, *, window: str = "capture", select: Selection = DEFAULT
-                     ) -> tuple[intervals.Spans, int]:
-    """The window as a span set and the number of instances that made it."""
+                     ) -> dict[int | None, tuple[intervals.Spans, int]]:
+    """The window as a span set and the number of instances that made it, per process (``pid``): each
+    process's own instances make its window. The ``capture`` window is one for all processes (key None)."""
     if window == "capture":
         lo, hi = report.sql(
             "SELECT min(lo), max(hi) FROM ("
@@ -46,7 +47,7 @@ def window_intervals(report: Report, *, window: str = "capture", select: Selecti
             " SELECT min(start_ns), max(end_ns) FROM gpu_ops)").fetchone()
         if lo is None:
             raise MissingDataError(f"{report.path}: no NVTX ranges, CUDA calls or GPU ops: the capture is empty")
-        return (np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), 1
+        return {None: ((np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), 1)}
     report.require("NVTX_EVENTS", purpose=f"the {window!r} window")
     trace = range_trace(report)
     in_flight = pl.max_horizontal(pl.col("start_ns") + pl.col("range_ns"),
@@ -56,16 +57,18 @@ def window_intervals(report: Report, *, window: str = "capture", select: Selecti
         chosen = measured_batches(trace, select)
         if chosen.is_empty():
             raise MissingDataError(f"{report.path}: no measured batches: no NVTX range matches "
-                                   f"{select.batches!r}{outside}")
-        lo, hi = chosen.select(pl.col("start_ns").min(), in_flight.max().alias("end_ns")).row(0)
-        return (np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), chosen.height
+                                   f"{' or '.join(select.batches)}{outside}")
+        spans = chosen.group_by("pid").agg(pl.col("start_ns").min(), in_flight.max().alias("end_ns"), pl.len())
+        return {pid: ((np.array([lo], dtype=np.int64), np.array([hi], dtype=np.int64)), n)
+                for pid, lo, hi, n in spans.iter_rows()}
     kept = select_instances(trace, select)
     names = [n for n in kept["range"].unique().drop_nulls().to_list() if fnmatch.fnmatchcase(n, window)]
     chosen = kept.filter(pl.col("range").is_in(names))
     if chosen.is_empty():
         raise MissingDataError(f"{report.path}: no instances of NVTX range {window!r}{outside}")
-    bounds = chosen.select("start_ns", in_flight.alias("end_ns"))
-    return intervals.merge(bounds["start_ns"].to_numpy(), bounds["end_ns"].to_numpy()), chosen.height
+    return {pid: (intervals.merge(rows["start_ns"].to_numpy(), rows.select(end=in_flight)["end"].to_numpy()),
+                  rows.height)
+            for (pid,), rows in chosen.group_by("pid", maintain_order=True)}
 
 
 # -- per report ----------------------------------------------------------------------------------------------------
@@ -73,9 +76,13 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
                     select: Selection = DEFAULT, names: KernelNames = "short") -> pl.DataFrame:
     """Per GPU (and stream with ``by_stream``) of ``report``: the window and the busy/idle parts of it.
 
-    One row per ``device_id`` (GPUs of the capture without ops included) [and ``stream_id``]: ``window``
-    (its name), ``window_instances``, ``window_ns``, ``kernel_busy_ns`` (union of kernel intervals inside the
-    window), ``copy_busy_ns`` (union of memcpy and memset intervals), ``overlap_ns`` (time both ran),
+    For a range or ``batches`` window, each process (``pid``) is measured on its own: its window is made of its
+    own instances and only the GPU ops it launched count, per device it used. The ``capture`` window is one
+    for every process (``pid`` null), and every op on a device counts.
+
+    One row per ``device_id`` (GPUs of the capture without ops included) [and ``stream_id``] [and ``pid``]:
+    ``window`` (its name), ``window_instances``, ``window_ns``, ``kernel_busy_ns`` (union of kernel intervals
+    inside the window), ``copy_busy_ns`` (union of memcpy and memset intervals), ``overlap_ns`` (time both ran),
     ``busy_ns`` (union of all ops), ``idle_ns`` (window - busy), ``kernel_sum_ns`` (summed kernel durations
     inside the window; nsys's way, can exceed the window), ``kernels``, ``copies`` (ops overlapping the
     window), ``gaps_ns`` (list of idle gaps) and ``kernel_times`` (list of {name, instances, time_ns}).
@@ -84,48 +91,53 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
                                           "CUPTI_ACTIVITY_KIND_MEMSET"))
     if not has_ops:
         report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="GPU utilization")
-    win, instances = window_intervals(report, window=window, select=select)
-    window_ns = intervals.length(win)
-    ops = report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id FROM gpu_ops")
-    kernels = report.frame(
-        f"SELECT {NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id FROM kernels")
+    windows = window_intervals(report, window=window, select=select)
+    pid = pl.col("global_pid").floordiv(1 << 24).mod(1 << 24).cast(pl.Int64).alias("pid")
+    ops = report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id, global_pid FROM gpu_ops").with_columns(pid)
+    kernels = report.frame(f"SELECT {NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id, global_pid "
+                           "FROM kernels").with_columns(pid)
     keys = ["device_id", "stream_id"] if by_stream else ["device_id"]
-    units = ops.select(keys).unique()
-    if not by_stream:
-        gpus = report.frame("SELECT device_id FROM gpus").cast({"device_id": pl.Int64})
-        units = pl.concat([units.cast({"device_id": pl.Int64}), gpus]).unique()
     rows = []
-    for unit in units.sort(keys).iter_rows(named=True):
-        match = pl.all_horizontal(*[pl.col(k) == v for k, v in unit.items()])
-        unit_ops = ops.filter(match)
-        is_kernel = (unit_ops["kind"] == "kernel").to_numpy()
-        starts, ends = unit_ops["start_ns"].to_numpy(), unit_ops["end_ns"].to_numpy()
-        inside = intervals.clipped_lengths(starts, ends, win)
-        touching = intervals.overlaps(starts, ends, win)
-        k = intervals.intersect(intervals.merge(starts[is_kernel], ends[is_kernel]), win)
-        c = intervals.intersect(intervals.merge(starts[~is_kernel], ends[~is_kernel]), win)
-        busy = intervals.intersect(intervals.merge(starts, ends), win)
-        kernel_busy, copy_busy, busy_ns = intervals.length(k), intervals.length(c), intervals.length(busy)
-        unit_kernels = kernels.filter(match)
-        k_starts, k_ends = unit_kernels["start_ns"].to_numpy(), unit_kernels["end_ns"].to_numpy()
-        times = (unit_kernels.with_columns(time_ns=pl.Series(intervals.clipped_lengths(k_starts, k_ends, win),
-                                                             dtype=pl.Int64),
-                                           _in=pl.Series(intervals.overlaps(k_starts, k_ends, win)))
-                 .filter(pl.col("_in")).group_by("name")
-                 .agg(pl.len().cast(pl.Int64).alias("instances"), pl.col("time_ns").sum().cast(pl.Int64))
-                 .sort("time_ns", "name", descending=[True, False]))
-        rows.append({
-            **unit, "window": window, "window_instances": instances, "window_ns": window_ns,
-            "kernel_busy_ns": kernel_busy, "copy_busy_ns": copy_busy,
-            "overlap_ns": kernel_busy + copy_busy - busy_ns, "busy_ns": busy_ns, "idle_ns": window_ns - busy_ns,
-            "kernel_sum_ns": int(inside[is_kernel].sum()), "kernels": int(touching[is_kernel].sum()),
-            "copies": int(touching[~is_kernel].sum()), "gaps_ns": intervals.gaps(busy, win).tolist(),
-            "kernel_times": times.to_dicts(),
-        })
-    schema = {**{k: pl.Int64 for k in keys}, "window": pl.String, "window_instances": pl.Int64,
+    for process, (win, instances) in windows.items():
+        own = ops if process is None else ops.filter(pl.col("pid") == process)
+        units = own.select(keys).unique().cast({"device_id": pl.Int64})
+        if not by_stream and process is None:
+            gpus = report.frame("SELECT device_id FROM gpus").cast({"device_id": pl.Int64})
+            units = pl.concat([units, gpus]).unique()
+        for unit in units.sort(keys).iter_rows(named=True):
+            match = pl.all_horizontal(*[pl.col(k) == v for k, v in unit.items()],
+                                      *([] if process is None else [pl.col("pid") == process]))
+            rows.append({**unit, "pid": process, "window": window, "window_instances": instances,
+                         **_busy(ops.filter(match), kernels.filter(match), win)})
+    schema = {**{k: pl.Int64 for k in keys}, "pid": pl.Int64, "window": pl.String, "window_instances": pl.Int64,
               **{c: pl.Int64 for c in _SUM_COLUMNS}, "gaps_ns": pl.List(pl.Int64),
               "kernel_times": pl.List(pl.Struct({"name": pl.String, "instances": pl.Int64, "time_ns": pl.Int64}))}
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def _busy(unit_ops: pl.DataFrame, unit_kernels: pl.DataFrame, win: intervals.Spans) -> dict[str, object]:
+    """The window's busy/idle parts for one unit's ops (columns of :func:`gpu_utilization` after ``window``)."""
+    window_ns = intervals.length(win)
+    is_kernel = (unit_ops["kind"] == "kernel").to_numpy()
+    starts, ends = unit_ops["start_ns"].to_numpy(), unit_ops["end_ns"].to_numpy()
+    inside = intervals.clipped_lengths(starts, ends, win)
+    touching = intervals.overlaps(starts, ends, win)
+    k = intervals.intersect(intervals.merge(starts[is_kernel], ends[is_kernel]), win)
+    c = intervals.intersect(intervals.merge(starts[~is_kernel], ends[~is_kernel]), win)
+    busy = intervals.intersect(intervals.merge(starts, ends), win)
+    kernel_busy, copy_busy, busy_ns = intervals.length(k), intervals.length(c), intervals.length(busy)
+    k_starts, k_ends = unit_kernels["start_ns"].to_numpy(), unit_kernels["end_ns"].to_numpy()
+    times = (unit_kernels.with_columns(time_ns=pl.Series(intervals.clipped_lengths(k_starts, k_ends, win),
+                                                         dtype=pl.Int64),
+                                       _in=pl.Series(intervals.overlaps(k_starts, k_ends, win)))
+             .filter(pl.col("_in")).group_by("name")
+             .agg(pl.len().cast(pl.Int64).alias("instances"), pl.col("time_ns").sum().cast(pl.Int64))
+             .sort("time_ns", "name", descending=[True, False]))
+    return {"window_ns": window_ns, "kernel_busy_ns": kernel_busy, "copy_busy_ns": copy_busy,
+            "overlap_ns": kernel_busy + copy_busy - busy_ns, "busy_ns": busy_ns, "idle_ns": window_ns - busy_ns,
+            "kernel_sum_ns": int(inside[is_kernel].sum()), "kernels": int(touching[is_kernel].sum()),
+            "copies": int(touching[~is_kernel].sum()), "gaps_ns": intervals.gaps(busy, win).tolist(),
+            "kernel_times": times.to_dicts()}
 
 
 # -- summaries -----------------------------------------------------------------------------------------------------
@@ -140,8 +152,7 @@ def utilization_summary(parts: pl.DataFrame, *, by: Sequence[str] = ("report",),
     ``short_gap_ns``, default 10 µs), ``launch_gap_idle_pct`` (same for ``launch_gap_ns``, default 100 µs),
     ``launch_bound`` (idle ≥ 50 % of the window and ≥ 50 % of the idle time in launch gaps),
     ``top_kernel`` and ``top_kernel_pct`` (its summed time inside the window / kernel busy time)."""
-    unit = [k for k in ("device_id", "stream_id") if k in parts.columns]
-    group = [*by, *unit]
+    group = _units(parts, by)
     sums = parts.group_by(group).agg(
         pl.col("window").first(), pl.col("window_instances").sum(),
         *[pl.col(c).sum() for c in _SUM_COLUMNS],
@@ -176,6 +187,12 @@ def utilization_summary(parts: pl.DataFrame, *, by: Sequence[str] = ("report",),
     ).sort(group, nulls_last=True)
 
 
+def _units(parts: pl.DataFrame, by: Sequence[str]) -> list[str]:
+    """The ``by`` keys and the unit of a row: GPU, stream when split, and rank where the window was a rank's own."""
+    unit = [k for k in ("device_id", "stream_id", "rank") if k in parts.columns]
+    return list(dict.fromkeys([*by, *unit]))
+
+
 def _pct_of(denominator: str) -> Callable[[str], pl.Expr]:
     return lambda column: pl.when(pl.col(denominator) > 0).then(
         100 * pl.col(column).fill_null(0) / pl.col(denominator))
@@ -198,8 +215,7 @@ def top_kernels(parts: pl.DataFrame, *, by: Sequence[str] = ("report",), top: in
     """The ``top`` kernels by time inside the window per (``by`` keys, device_id[, stream_id]): ``name``,
     ``instances``, ``time_ns`` (summed durations inside the window), ``busy_share_pct`` (time_ns / kernel busy
     time of the group; shares add up to more than 100 % only where kernels ran concurrently)."""
-    unit = [k for k in ("device_id", "stream_id") if k in parts.columns]
-    group = [*by, *unit]
+    group = _units(parts, by)
     busy = parts.group_by(group).agg(pl.col("kernel_busy_ns").sum())
     ranked = _kernel_times(parts, group)
     if top:

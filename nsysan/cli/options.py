@@ -80,13 +80,13 @@ def option_group(target: str, build: Callable[..., Any], **params: tuple[Any, An
 
 
 def _selection(exclude_within: list[str] | None, all_instances: bool, skip_first: int, merge_numbered: bool,
-               batches: str) -> Any:
+               batches: list[str] | None) -> Any:
     import nsysan
 
     patterns = () if all_instances else tuple(exclude_within if exclude_within is not None
                                                  else [defaults.WARMUP_PATTERN])
     return nsysan.Selection(exclude_within=patterns, skip_first=0 if all_instances else skip_first,
-                            merge_numbered=merge_numbered, batches=batches)
+                            merge_numbered=merge_numbered, batches=tuple(batches or defaults.BATCH_PATTERNS))
 
 
 selection_options = option_group(
@@ -104,10 +104,10 @@ selection_options = option_group(
     merge_numbered=(Annotated[bool, typer.Option(
         "--merge-numbered/--no-merge-numbered", rich_help_panel=SELECTION_PANEL,
         help="Pool numbered ranges in statistics: batch_7 and batch_8 count as batch_*.")], True),
-    batches=(Annotated[str, typer.Option(
-        "--batches", rich_help_panel=SELECTION_PANEL,
-        help="Glob naming the per-batch (or per-step) ranges; the outermost matches are the measured batches.")],
-        defaults.BATCH_PATTERN),
+    batches=(Annotated[Optional[list[str]], typer.Option(
+        "--batches", rich_help_panel=SELECTION_PANEL, show_default=False,
+        help="Glob naming the per-batch (or per-step) ranges; the outermost matches are the measured batches. "
+        f"Repeatable. Default: {' and '.join(defaults.BATCH_PATTERNS)}.")], None),
 )
 
 

@@ -19,6 +19,10 @@ def latency(
     by: By = None,
     by_model: ByModel = False,
     trace: Annotated[bool, typer.Option("--trace", help="One row per range instance instead of statistics.")] = False,
+    attribution: Annotated[str, typer.Option(
+        "--attribution", help="Which GPU ops count for a range: thread (nsys's rule: launched by the range's own "
+        "thread) or process (by any thread of its process while the range was open, e.g. PyTorch's autograd "
+        "thread in backward; an op can then count for ranges of two threads).")] = "thread",
     fmt: FormatOpt = None,
     output: Output = None,
     select: object = None,
@@ -30,16 +34,21 @@ def latency(
     counts what nsys stats counts.
 
     Example: nsysan latency --by-model --sample
+
+    Example: nsysan latency --by rank --attribution process ddp_run.sqlite
     """
     import nsysan
 
     keys = keys_from(by, by_model)
     if trace:
-        analyse(lambda runs, progress: nsysan.latency_trace(runs, select=select, progress=progress), views.TRACE,
-                paths=paths, sample=sample, fmt=fmt, output=output, selection=select.describe())
+        analyse(lambda runs, progress: nsysan.latency_trace(runs, select=select, attribution=attribution,
+                                                            progress=progress),
+                views.TRACE, paths=paths, sample=sample, fmt=fmt, output=output, selection=select.describe())
     else:
-        analyse(lambda runs, progress: nsysan.latency(runs, by=keys, select=select, progress=progress), views.LATENCY,
-                paths=paths, sample=sample, fmt=fmt, output=output, keys=keys, selection=select.describe())
+        analyse(lambda runs, progress: nsysan.latency(runs, by=keys, select=select, attribution=attribution,
+                                                      progress=progress),
+                views.LATENCY, paths=paths, sample=sample, fmt=fmt, output=output, keys=keys,
+                selection=select.describe())
 
 
 @app.command()

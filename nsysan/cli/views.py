@@ -88,8 +88,8 @@ TOP_KERNELS = View("Top kernels by time inside {window}", (
     "device_id", "stream_id", "name", "instances", "time_ms", "busy_share_pct"), ms=("time_ns",),
     kernel_names=("name",))
 THROUGHPUT = View("Throughput over the measured batches: {selection}", (
-    "runs", "batches", "batch_size", "samples_per_s", "batches_per_s", "window_ms", "batch_ms_p50", "batch_ms_p95",
-    "note"), ms=("window_ns",), drop_first=("window_ms", "batches_per_s"))
+    "runs", "ranks", "batches", "batch_size", "samples_per_s", "batches_per_s", "window_ms", "batch_ms_p50",
+    "batch_ms_p95", "note"), ms=("window_ns",), drop_first=("window_ms", "ranks", "batches_per_s"))
 COMPARE = View("Ratio to baseline {baseline} ({interval}; a verdict needs a change beyond {min_effect:g} %)", (
     "stage", "direction", "metric", "statistic", "value", "ratio", "ci_low", "ci_high", "verdict", "n"),
     drop_first=("n", "direction", "value"), labels=(("statistic", "stat"),))
@@ -125,6 +125,14 @@ NUMA = View("NUMA penalty: remote / local - 1 ({interval}), most sensitive first
     "penalty_pct", "ci_low_pct", "ci_high_pct", "verdict"), leading=_pair_keys,
     drop_first=("local_numa", "direction", "local_value", "remote_value"), labels=(("statistic", "stat"),))
 NUMA_HEATMAP = View("NUMA penalty (%) of {metric} {statistic}, most sensitive first", ())
+COMM = View("NCCL communication per rank (ms; exposed = not overlapped by compute): {selection}", (
+    "rank", "device_id", "stage", "collective", "calls", "comm_ms", "compute_ms", "overlap_ms", "exposed_comm_ms",
+    "exposed_pct", "algbw_gbps", "busbw_gbps"), drop_first=("device_id", "compute_ms", "algbw_gbps"))
+SKEW = View("Arrival at NCCL collectives per rank (ms; late = after the first rank): {selection}", (
+    "rank", "collective", "calls", "arrival_late_ms_p50", "arrival_late_ms_p95", "wait_ms_total", "straggler_calls",
+    "busbw_gbps"), drop_first=("busbw_gbps",))
+SKEW_STEPS = View("The straggler of each step (the rank that arrived last at most of its NCCL calls): {selection}", (
+    "step", "calls", "straggler_rank", "straggler_calls", "straggler_late_ms_total", "max_late_ms"))
 EXPORT = View("nsys exports", ("report", "status", "outputs", "reason"))
 
 

@@ -1,15 +1,19 @@
 -- Every memory copy (and memset) with the CUDA API call that launched it, for nsysan bandwidth.
 -- direction / src_kind / dst_kind come from the export's own ENUM tables (see memcpy.sql); a memset has
--- direction 'Memset', no source and its memory kind as dst_kind. The launching call is matched by
+-- direction 'Memset', no source and its memory kind as dst_kind. src_device_id / dst_device_id name the GPUs
+-- at either end: the export's own (peer-to-peer copies), else the copy's device for a device-memory end. The launching call is matched by
 -- correlationId within the same process (as for GPU projection); api is NULL when the export has no
 -- CUDA API trace.
 WITH ops AS (
     SELECT 'memcpy' AS op, start_ns, end_ns, duration_ns, bytes, direction, src_kind, dst_kind,
-           device_id, stream_id, src_device_id, dst_device_id, global_pid, correlation_id
+           device_id, stream_id,
+           coalesce(src_device_id, CASE WHEN src_kind = 'Device' THEN device_id END) AS src_device_id,
+           coalesce(dst_device_id, CASE WHEN dst_kind = 'Device' THEN device_id END) AS dst_device_id,
+           global_pid, correlation_id
     FROM memcpy
     UNION ALL
     SELECT 'memset', start_ns, end_ns, duration_ns, bytes, 'Memset', CAST(NULL AS VARCHAR), mem_kind,
-           device_id, stream_id, CAST(NULL AS BIGINT), CAST(NULL AS BIGINT), global_pid, correlation_id
+           device_id, stream_id, CAST(NULL AS BIGINT), device_id, global_pid, correlation_id
     FROM memset
 ),
 calls AS (
