@@ -34,7 +34,7 @@ def test_every_analysis_has_a_section():
     text = (DOCS / "library.md").read_text()
     for name in nsysan.ANALYSES:
         assert f"## `{name}(" in text, name
-    assert f"## `numa_heatmap" in text or "nsysan.numa_heatmap(" in text
+    assert "## `numa_heatmap" in text or "nsysan.numa_heatmap(" in text
 
 
 def test_import_is_lazy():
