@@ -19,8 +19,17 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch
 
 from nsysan.plots.compare import DIRECTION_SHORT
-from nsysan.plots.style import (add_note, group_label, key_columns, new_figure, palette, require_columns, set_title,
-                                styled, unit_label)
+from nsysan.plots.style import (
+    add_note,
+    group_label,
+    key_columns,
+    new_figure,
+    palette,
+    require_columns,
+    set_title,
+    styled,
+    unit_label,
+)
 
 COPY_KEYS = ("direction", "src_kind", "dst_kind")
 RATE_WORDS = {"bandwidth_gbps": "Bandwidth, bytes / summed copy time",
@@ -29,6 +38,12 @@ RATE_WORDS = {"bandwidth_gbps": "Bandwidth, bytes / summed copy time",
 HIST_VALUES = {"copies": ("Copies", "count"), "bytes_total": ("Bytes copied", "B"),
                "bandwidth_gbps": ("Bandwidth per size bucket", "GB/s")}
 FLAG_HATCH = "///"
+#: What the summary's flags say, in a few words for the note (keyed by a word of the flag).
+FLAG_WORDS = {
+    "pageable": "pageable memory in async copies: staged by the driver, neither async nor full speed (pin the host "
+                "buffer)",
+    "tiny": "tiny copies dominate (batch them)",
+}
 
 
 def _kind(src: str | None, dst: str | None) -> str:
@@ -144,7 +159,7 @@ def _histogram_panel(ax: Axes, part: pl.DataFrame, keys: list[str], value: str, 
     ax.tick_params(length=0)
     ax.grid(False)
     ax.set_xlabel(unit_label("Copy size bucket", "B"))
-    ax.set_ylabel("Group · memory kinds" if show_labels else "")
+    ax.set_ylabel("Group · memory kinds")
     quantity, unit = HIST_VALUES.get(value, (value, "?"))
     ax.set_title(f"{quantity} ({unit}) per copy size, {DIRECTION_SHORT.get(direction, direction)}", loc="left",
                  fontsize=9.5)
@@ -177,8 +192,6 @@ def _note(summary: pl.DataFrame, chosen: list[str], include_memset: bool) -> str
         text += " Memsets left out (include_memset=True to show them)."
     if flags.height:
         found = " ".join(flags["flags"].to_list())
-        kinds = [words for key, words in (("pageable", "pageable memory in async copies: staged by the driver, "
-                                                        "neither async nor full speed (pin the host buffer)"),
-                                          ("tiny", "tiny copies dominate (batch them)")) if key in found]
+        kinds = [words for key, words in FLAG_WORDS.items() if key in found]
         text += f" Hatched: {flags.height} flagged row(s) — {'; '.join(kinds)}."
     return text

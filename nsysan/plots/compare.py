@@ -15,8 +15,17 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from nsysan.analyses.compare import METRICS
-from nsysan.plots.style import (VERDICT_COLORS, add_note, group_label, key_columns, new_figure,
-                                require_columns, set_title, styled, unit_label)
+from nsysan.plots.style import (
+    VERDICT_COLORS,
+    add_note,
+    group_label,
+    key_columns,
+    new_figure,
+    require_columns,
+    set_title,
+    styled,
+    unit_label,
+)
 
 DEFAULT_METRICS = ("range_ms/mean", "gpu_proj_ms/mean", "bandwidth_gbps/mean", "throughput_per_s/mean")
 METRIC_WORDS = {"range_ms": "CPU time", "gpu_proj_ms": "GPU projected time", "gpu_busy_ms": "GPU busy time",
@@ -67,7 +76,8 @@ def comparison_forest(comparison: pl.DataFrame, *, metrics: Sequence[str] | None
         lambda r: _panel_key(r["metric"], r["statistic"], r["direction"]), return_dtype=pl.String))
     panels = sorted(frame["_panel"].unique().to_list(), key=lambda p: (wanted.index(p.split(" (")[0]), p))
     rows, ticks = _rows(frame, keys, kind)
-    fig, axes = new_figure(1, len(panels), figsize=(3.1 * len(panels) + 3.6, max(3.2, 1.9 + 0.27 * len(ticks))), sharey=True)
+    size = (3.1 * len(panels) + 3.6, max(3.2, 1.9 + 0.27 * len(ticks)))
+    fig, axes = new_figure(1, len(panels), figsize=size, sharey=True)
     for ax, panel in zip(axes[0], panels):
         _draw_panel(ax, frame.filter(pl.col("_panel") == panel), rows, keys, value, panel, kind)
     first = axes[0][0]
@@ -137,7 +147,8 @@ def _title(comparison: pl.DataFrame, kind: str, keys: list[str]) -> str:
     if kind == "numa":
         return "NUMA penalty per stage: remote node vs the GPU's local node, with bootstrap CIs"
     baselines = ", ".join(str(b) for b in comparison["baseline"].unique(maintain_order=True).drop_nulls().to_list())
-    return f"Comparison per {', '.join(keys)} against {baselines or 'the baseline'}: change per stage with bootstrap CIs"
+    return (f"Comparison per {', '.join(keys)} against {baselines or 'the baseline'}: change per stage with "
+            "bootstrap CIs")
 
 
 def _note(frame: pl.DataFrame) -> str:

@@ -58,8 +58,8 @@ def numa_penalty_heatmap(penalty: pl.DataFrame | NsysanError | str, *, metric: s
     set_title(fig, f"NUMA penalty, remote vs local node: {words} {statistic} per "
                    f"{'stage' if across == 'stage' else f'stage and {across}'}")
     basis = sorted(set(penalty["local_basis"].drop_nulls().to_list()))
-    add_note(fig, f"Cell = penalty_pct = 100 × (remote / local − 1); below it the bootstrap CI ({_level(penalty)}); bold ="
-             f" the verdict calls a change. {'Lower' if worse_low else 'Higher'} is worse. Local node: "
+    add_note(fig, f"Cell = penalty_pct = 100 × (remote / local − 1); below it the bootstrap CI ({_level(penalty)});"
+             f" bold = the verdict calls a change. {'Lower' if worse_low else 'Higher'} is worse. Local node: "
              f"{'; '.join(basis) or 'n/a'}.")
     return fig
 
@@ -118,8 +118,9 @@ def _per_stage(wide: pl.DataFrame, index: Sequence[str], stages: list[str], acro
     labels = [_row_label(r, index, skip=across) for r in rows.iter_rows(named=True)]
     ncols = min(3, len(stages))
     nrows = -(-len(stages) // ncols)
-    fig, axes = new_figure(nrows, ncols, figsize=(1.5 + ncols * (1.0 + 1.1 * len(values)) + 0.06 * max(map(len, labels)),
-                                                  1.6 + nrows * (0.9 + 0.5 * len(labels))), sharey=True)
+    size = (1.5 + ncols * (1.0 + 1.1 * len(values)) + 0.06 * max(map(len, labels)),
+            1.6 + nrows * (0.9 + 0.5 * len(labels)))
+    fig, axes = new_figure(nrows, ncols, figsize=size, sharey=True)
     for ax, stage in zip(axes.ravel(), stages):
         matrix = np.full((rows.height, len(values)), np.nan)
         cells: list[list] = [[None] * len(values) for _ in range(rows.height)]

@@ -18,8 +18,17 @@ import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from nsysan.plots.style import (add_note, group_label, key_columns, new_figure, palette, require_columns, set_title,
-                                styled, unit_label)
+from nsysan.plots.style import (
+    add_note,
+    group_label,
+    key_columns,
+    new_figure,
+    palette,
+    require_columns,
+    set_title,
+    styled,
+    unit_label,
+)
 from nsysan.runner.config import MODEL_NAME
 
 SHAPE_KEYS = ("patch", "depth", "dim")

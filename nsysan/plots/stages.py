@@ -14,8 +14,19 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
-from nsysan.plots.style import (PIPELINE_STAGES, add_note, axes_for, group_label, key_columns, legend_outside,
-                                require_columns, set_title, stage_color, styled, unit_label)
+from nsysan.plots.style import (
+    PIPELINE_STAGES,
+    add_note,
+    axes_for,
+    group_label,
+    key_columns,
+    legend_outside,
+    require_columns,
+    set_title,
+    stage_color,
+    styled,
+    unit_label,
+)
 
 #: What each time prefix of the latency summary measures (docs/metrics.md).
 TIME_LABELS = {"range_ms": "CPU time (NVTX range)", "gpu_proj_ms": "GPU projected time",

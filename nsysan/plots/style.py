@@ -164,7 +164,7 @@ def shorten(text: str, width: int = 40) -> str:
 def wrap(text: str, width: int) -> str:
     import textwrap
 
-    return "\n".join(textwrap.wrap(text, width)) or text
+    return "\n".join(textwrap.wrap(text, width, break_on_hyphens=False)) or text
 
 
 def group_label(values: Mapping[str, Any], keys: Iterable[str], *, missing: bool = False) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -74,9 +73,9 @@ def timeline_frame(report: Report, *, window: Window = ("batch_*", 3), exclude_w
     if start is None:
         start = min(v for v in (ops["start_ns"].min(), ranges["start_ns"].min()) if v is not None)
         end = max(v for v in (ops["end_ns"].max(), ranges["end_ns"].max()) if v is not None)
-    named = report.frame("SELECT global_tid AS tid_global, arg_min(thread_name, thread_name) AS thread FROM threads "
-                         "GROUP BY ALL")
-    ids = [(pl.col("tid_global") // (1 << 24) % (1 << 24)).alias("pid"), (pl.col("tid_global") % (1 << 24)).alias("tid")]
+    named = report.frame("SELECT global_tid AS tid_global, min(thread_name) AS thread FROM threads GROUP BY ALL")
+    ids = [(pl.col("tid_global") // (1 << 24) % (1 << 24)).alias("pid"),
+           (pl.col("tid_global") % (1 << 24)).alias("tid")]
     parts = [part.lazy().join(named.lazy(), on="tid_global", how="left").with_columns(*ids)
              for part in (ops, ranges)]
     return (pl.concat(parts, how="diagonal_relaxed")
@@ -145,7 +144,8 @@ def _ops(report: Report, start: int | None, end: int | None, names: KernelNames)
     inside = "" if start is None else f'WHERE "end" >= {int(start)} AND start <= {int(end)}'
     parts = []
     if report.has("CUPTI_ACTIVITY_KIND_KERNEL"):
-        parts.append(f'SELECT 0 AS kind, {_NAME_ID[names]} AS name_id, NULL AS name, start AS start_ns, "end" AS end_ns, '
+        parts.append(f"SELECT 0 AS kind, {_NAME_ID[names]} AS name_id, NULL AS name, start AS start_ns, "
+                     '"end" AS end_ns, '
                      "deviceId AS device_id, streamId AS stream_id, globalPid AS global_pid, "
                      f"correlationId AS correlation_id, NULL AS bytes FROM raw.CUPTI_ACTIVITY_KIND_KERNEL {inside}")
     if report.has("CUPTI_ACTIVITY_KIND_MEMCPY"):
@@ -260,7 +260,7 @@ def _color_keys(rows: pl.DataFrame) -> tuple[list[str], np.ndarray]:
     (kind, name), never per row, so that a million kernels cost no strings."""
     codes = (rows["kind"].to_physical().cast(pl.Int64).to_numpy() << 32) | rows["name"].to_physical().cast(
         pl.Int64).fill_null(0xFFFFFFFF).to_numpy()
-    distinct, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
     kinds = rows["kind"].gather(first).cast(pl.String).to_list()
     names = rows["name"].gather(first).cast(pl.String).to_list()
     per_code = [_key(k, n) for k, n in zip(kinds, names)]
@@ -316,10 +316,9 @@ def _draw_bins(ax: Axes, rows: pl.DataFrame, keys: list[str], index: np.ndarray,
         chosen = index == k
         shares[key] = np.diff(_covered(starts[chosen], ends[chosen], edges)) / np.diff(edges)
     total = np.sum(list(shares.values()), axis=0)
-    scale = np.where(total > 1, 1 / np.maximum(total, 1e-12), 1.0)
+    overfull = np.where(total > 1, 1 / np.maximum(total, 1e-12), 1.0)  # overlapping items: at most a full bin
     height = 0.8
-    scale, _ = time_unit(end - start)
-    edges = edges / scale
+    edges = edges / time_unit(end - start)[0]
     active = total > 0
     ax.add_collection(PolyCollection(
         _rectangles(edges[:-1][active], edges[1:][active], np.full(active.sum(), y - height / 2),
@@ -328,7 +327,7 @@ def _draw_bins(ax: Axes, rows: pl.DataFrame, keys: list[str], index: np.ndarray,
         gid=f"active|{label}"))
     base = np.full(bins, y + height / 2)
     for (key, share), color in zip(shares.items(), colors):
-        share = share * scale
+        share = share * overfull
         drawn = share > 0
         top = base - share * height
         verts = _rectangles(edges[:-1][drawn], edges[1:][drawn], top[drawn], base[drawn])

@@ -14,8 +14,19 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from nsysan.analyses.utilization import LAUNCH_GAP_NS, SHORT_GAP_NS
-from nsysan.plots.style import (OP_COLORS, add_note, group_label, key_columns, new_figure, palette, require_columns,
-                                set_title, shorten, styled, unit_label)
+from nsysan.plots.style import (
+    OP_COLORS,
+    add_note,
+    group_label,
+    key_columns,
+    new_figure,
+    palette,
+    require_columns,
+    set_title,
+    shorten,
+    styled,
+    unit_label,
+)
 
 UNIT_KEYS = ("device_id", "stream_id")
 SEGMENTS = (("kernel_pct", "kernels (with or without copies)", OP_COLORS["kernel"]),
@@ -103,7 +114,8 @@ def idle_gaps(parts: pl.DataFrame, *, by: Sequence[str] = ("report",), weight: s
         ax.text(0.5, 0.5, "no idle gaps in these windows", ha="center", va="center", transform=ax.transAxes)
     else:
         us = gaps["gaps_ns"].cast(pl.Float64) / 1e3
-        edges = np.geomspace(max(float(us.filter(us > 0).min() or 0.001), 0.001), float(us.max()) * 1.001, bins + 1)
+        low = max(float(us.filter(us > 0).min() or 0.001), 0.001)
+        edges = np.geomspace(low * 0.999, float(us.max()) * 1.001, bins + 1)  # margins: every gap falls inside
         groups = gaps.partition_by([*by, *units], maintain_order=True, as_dict=True)
         for color, (values, rows) in zip(palette(len(groups)), groups.items()):
             lengths = rows["gaps_ns"].cast(pl.Float64).to_numpy() / 1e3
