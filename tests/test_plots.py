@@ -252,6 +252,23 @@ def test_scaling_draws_latency_throughput_and_share_per_series(latency, throughp
     assert_axes_labelled(fig)
 
 
+def test_scaling_against_patch_count_from_a_resolution_column(latency, throughput):
+    sizes = {"vit0x0x0": 224, "vit32x2x128": 256, "vit32x6x512": 512, "vit16x12x1024": 1024}
+    with_res = latency.select(pl.col("model").replace_strict(sizes, return_dtype=pl.Int64).alias("resolution"),
+                              pl.all()).filter(pl.col("variant").is_null())
+    fig = plots.scaling(with_res, x="patches", series=())
+    save(fig, "scaling_patches")
+    ax_lat = fig.axes[0]
+    series = line(ax_lat, "all runs")
+    # vit0x0x0 (patch 0) has no patch count and is left out; the others: (resolution // patch)^2
+    np.testing.assert_allclose(series.get_xdata(), [(256 // 32) ** 2, (512 // 32) ** 2, (1024 // 16) ** 2])
+    models = ["vit32x2x128", "vit32x6x512", "vit16x12x1024"]
+    np.testing.assert_allclose(series.get_ydata(), [cells(latency, BY, (m, None), "batch_*", "range_ms_p50")
+                                                    for m in models])
+    assert fig.axes[2].get_xlabel() == "Patches per image (count)"
+    assert_axes_labelled(fig)
+
+
 def test_scaling_refuses_ambiguous_series_and_missing_resolution(latency):
     with pytest.raises(ValueError, match="several groups at the same dim"):
         plots.scaling(latency, x="dim", series=())
@@ -374,6 +391,17 @@ def test_busy_idle_stacks_kernel_copy_only_and_idle_shares(parts):
     assert len(kernel.patches) == summary.height == 5
     assert "batches" in title(fig)
     assert_axes_labelled(fig)
+
+
+def test_busy_idle_one_bar_per_window(paths):
+    path = next(p for p in paths if p.name.endswith("vit32x6x512.sqlite"))
+    summary = pl.concat([utilization_summary(tagged([path], lambda r, w=w: gpu_utilization(r, window=w)), by=("model",))
+                         for w in ("capture", "forward")])
+    fig = plots.busy_idle(summary)
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels == ["vit32x6x512 · GPU 0 · capture", "vit32x6x512 · GPU 0 · forward"]
+    np.testing.assert_allclose([p.get_width() for p in bars(fig.axes[0], "idle").patches], summary["idle_pct"])
+    assert "capture, forward" in title(fig)
 
 
 @pytest.mark.parametrize("weight", ["time", "count"])

@@ -17,6 +17,7 @@ import numpy as np
 import polars as pl
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 from nsysan.plots.style import (
     add_note,
@@ -35,6 +36,7 @@ SHAPE_KEYS = ("patch", "depth", "dim")
 X_LABELS = {"depth": ("Model depth", "layers"), "dim": ("Model width", "hidden size"),
             "patch": ("Patch size", "px"), "patches": ("Patches per image", "count"),
             "resolution": ("Input resolution", "px per side")}
+LOG_X = ("patches", "resolution")
 TRANSFER_STAGES = ("h2d", "d2h")
 COMPUTE_STAGES = ("forward",)
 
@@ -133,8 +135,12 @@ def scaling(latency: pl.DataFrame, throughput: pl.DataFrame | None = None, *, x:
             _label_points(axis, xs, rows[column], rows["model"].to_list())
     _decorate(ax_lat, ax_rate, ax_gpu, ax_share, x=x, time=time, statistic=statistic, whisker=whisker, batch=batch,
               rate=rate, transfer=transfer, compute=compute)
+    ticks = np.unique(points[x].to_numpy())
     for axis in axes.ravel():
-        axis.set_xticks(np.unique(points[x].to_numpy()))
+        if x in LOG_X and (ticks > 0).all():
+            axis.set_xscale("log", base=2)  # resolutions and patch counts grow by factors
+            axis.xaxis.set_minor_locator(NullLocator())
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
     shown = f" · series by {', '.join(lines)}" if lines else ""
     set_title(fig, f"Scaling with {X_LABELS[x][0].lower()}: {', '.join(points['model'].unique(maintain_order=True))}"
               f"{shown}")

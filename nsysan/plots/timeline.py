@@ -121,7 +121,7 @@ def _window(report: Report, window: Window, exclude_within: str | None,
     ).fetchone()[0]
     first, last = picked["range"][0], picked["range"][-1]
     what = first if picked.height == 1 else f"{first} … {last}"
-    label = f"{what} ({picked.height} of {chosen.height} measured {pattern})"
+    label = f"{what} ({picked.height:,} of {chosen.height:,} measured {pattern})"
     return start, max(cpu_end, int(gpu_end or cpu_end)), label
 
 
