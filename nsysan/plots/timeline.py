@@ -6,7 +6,8 @@ Two steps:
 * :func:`timeline_frame` (data preparation, reads the report): the ops and ranges of a window as one tidy
   frame, each op with the thread whose CUDA call launched it (matched by ``correlationId`` within the
   process, as :mod:`nsysan.attribution` does). Filtering happens inside DuckDB, so a window of a
-  million-kernel export reads only what it shows; the whole capture reads every op once.
+  million-kernel export brings only what it shows into Python (the SQLite tables are still scanned: the
+  scanner cannot seek); kernel names travel as string ids, looked up once each.
 * :func:`gpu_timeline` (pure): draws that frame. A lane with more items than ``bins`` is drawn as ``bins``
   time bins whose bar height is the fraction of the bin the lane was busy (stacked by op kind or range
   name), and the figure says how many ops were drawn as how many bins.
@@ -89,7 +90,7 @@ def timeline_frame(report: Report, *, window: Window = ("batch_*", 3), exclude_w
 def _window(report: Report, window: Window, exclude_within: str | None,
             nesting: pl.DataFrame | None) -> tuple[int | None, int | None, str]:
     """(start, end, words) of the window; start and end are None for the capture (taken from the data)."""
-    if isinstance(window, tuple) and len(window) == 2 and all(isinstance(v, int) for v in window):
+    if isinstance(window, tuple) and len(window) == 2 and all(isinstance(v, (int, np.integer)) for v in window):
         start, end = window
         if end <= start:
             raise ValueError(f"window end {end} must come after its start {start}")
