@@ -1,0 +1,215 @@
+"""Scaling: latency, throughput and the transfer-vs-compute share against model depth, width, patch count or
+input resolution — where compute starts to dominate the copies ("compute vs memory bound transition").
+
+Inputs: a :func:`nsysan.latency_summary` frame grouped by ``model`` (and any other keys, e.g. ``variant``,
+``resolution``) and optionally the matching :func:`nsysan.throughput_summary` frame. Model shape comes
+from the model name ``vit{patch}x{depth}x{dim}`` (the runner's own parser), resolution from a metadata
+column ``resolution`` when the runs have one.
+
+Two pure re-arrangements live here because no analysis returns them: :func:`model_shape` (columns parsed
+from ``model``) and :func:`transfer_share` (sums of stage means already in the latency frame).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
+
+from nsysan.plots.style import (
+    add_note,
+    group_label,
+    key_columns,
+    new_figure,
+    palette,
+    require_columns,
+    set_title,
+    styled,
+    unit_label,
+)
+from nsysan.runner.config import MODEL_NAME
+
+SHAPE_KEYS = ("patch", "depth", "dim")
+X_LABELS = {"depth": ("Model depth", "layers"), "dim": ("Model width", "hidden size"),
+            "patch": ("Patch size", "px"), "patches": ("Patches per image", "count"),
+            "resolution": ("Input resolution", "px per side")}
+LOG_X = ("patches", "resolution")
+TRANSFER_STAGES = ("h2d", "d2h")
+COMPUTE_STAGES = ("forward",)
+
+
+def model_shape(frame: pl.DataFrame, *, model: str = "model", resolution: str = "resolution") -> pl.DataFrame:
+    """``frame`` with ``patch``, ``depth``, ``dim`` (Int64) parsed from the ``model`` column
+    (``vit{patch}x{depth}x{dim}``, null where the name does not follow it) and, when ``frame`` has a
+    ``resolution`` column, ``patches`` = (resolution // patch)² (null for patch 0, the no-op model)."""
+    require_columns(frame.columns, [model], "model_shape")
+    names = frame[model].cast(pl.String).to_list()
+    parsed = [MODEL_NAME.match(n) if n else None for n in names]
+    shape = {key: pl.Series(key, [int(m[i + 1]) if m else None for m in parsed], dtype=pl.Int64)
+             for i, key in enumerate(SHAPE_KEYS)}
+    out = frame.with_columns(**shape)
+    if resolution in frame.columns:
+        side = pl.when(pl.col("patch") > 0).then(pl.col(resolution).cast(pl.Int64) // pl.col("patch"))
+        out = out.with_columns(patches=side * side)
+    return out
+
+
+def transfer_share(latency: pl.DataFrame, *, time: str = "gpu_proj_ms", transfer: Sequence[str] = TRANSFER_STAGES,
+                   compute: Sequence[str] = COMPUTE_STAGES) -> pl.DataFrame:
+    """Per group of the latency summary (its keys: the columns before ``range``): ``transfer_ms`` = the sum of
+    ``{time}_mean`` over the ``transfer`` stages (h2d, d2h), ``compute_ms`` = the same over the ``compute``
+    stages (forward), and ``transfer_share_pct`` = 100 × transfer_ms / (transfer_ms + compute_ms).
+
+    Reads only ``range`` and ``{time}_mean``; a stage without GPU work (null) counts 0. Means, not
+    percentiles, because means add up: per batch, the stages' mean times sum to the mean of their sum."""
+    keys = key_columns(latency.columns, "range")
+    column = f"{time}_mean"
+    require_columns(latency.columns, ["range", column], "transfer_share")
+    value = pl.col(column).fill_null(0.0)
+    part = latency.group_by(keys, maintain_order=True).agg(
+        transfer_ms=value.filter(pl.col("range").is_in(list(transfer))).sum(),
+        compute_ms=value.filter(pl.col("range").is_in(list(compute))).sum(),
+    ) if keys else latency.select(
+        transfer_ms=value.filter(pl.col("range").is_in(list(transfer))).sum(),
+        compute_ms=value.filter(pl.col("range").is_in(list(compute))).sum())
+    total = pl.col("transfer_ms") + pl.col("compute_ms")
+    return part.with_columns(transfer_share_pct=pl.when(total > 0).then(100 * pl.col("transfer_ms") / total))
+
+
+@styled
+def scaling(latency: pl.DataFrame, throughput: pl.DataFrame | None = None, *, x: str = "depth",
+            series: Sequence[str] | str = "auto", time: str = "gpu_proj_ms", batch: str = "batch_*",
+            statistic: str = "p50", whisker: str = "p95", transfer: Sequence[str] = TRANSFER_STAGES,
+            compute: Sequence[str] = COMPUTE_STAGES) -> Figure:
+    """Four panels against ``x`` (``depth``, ``dim``, ``patch``, ``patches`` or ``resolution``), one line per
+    series (``series``: key columns; ``"auto"`` = the shape keys and group keys other than ``x`` that vary):
+
+    * batch latency: ``range_ms_{statistic}`` of the ``batch`` range, whiskers to ``range_ms_{whisker}``;
+    * throughput: ``samples_per_s`` of ``throughput`` (``batches_per_s`` where batch sizes are unknown);
+    * GPU time of the transfer stages (h2d + d2h) and the compute stages (forward), from
+      :func:`transfer_share` on ``{time}_mean``;
+    * the transfer share of that GPU time, with the 50 % line: where a series crosses it compute dominates.
+
+    Each point is labelled with its model. Rows of the frames are joined on their shared grouping keys."""
+    keys = key_columns(latency.columns, "range")
+    if "model" not in keys:
+        raise ValueError("scaling needs a latency summary grouped by model (by=['model', ...])")
+    if x not in X_LABELS:
+        raise ValueError(f"x must be one of {', '.join(X_LABELS)}, not {x!r}")
+    points = model_shape(transfer_share(latency, time=time, transfer=transfer, compute=compute))
+    if x not in points.columns:
+        raise ValueError(f"x={x!r} needs a 'resolution' column in the run metadata (sidecar field)")
+    batch_rows = latency.filter(pl.col("range") == batch).select(
+        *keys, _lat=f"range_ms_{statistic}", _lat_hi=f"range_ms_{whisker}")
+    points = points.join(batch_rows, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    rate = None
+    if throughput is not None:
+        t_keys = [k for k in key_columns(throughput.columns, "runs") if k in keys]
+        rate = "samples_per_s" if throughput["samples_per_s"].is_not_null().all() else "batches_per_s"
+        points = points.join(throughput.select(*t_keys, _rate=rate), on=t_keys, how="left", nulls_equal=True,
+                             maintain_order="left")
+    points = points.filter(pl.col(x).is_not_null())
+    lines = _series_keys(points, keys, x, series)
+    fig, axes = new_figure(2, 2, figsize=(11.5, 8), sharex=True)
+    ax_lat, ax_rate, ax_gpu, ax_share = axes.ravel()
+    colors = palette(max(1, points.select(lines).unique().height) if lines else 1)
+    groups = points.partition_by(lines, maintain_order=True, as_dict=True) if lines else {(): points}
+    for color, (values, rows) in zip(colors, groups.items()):
+        rows = rows.sort(x)
+        if rows[x].is_duplicated().any():
+            raise ValueError(f"scaling: several groups at the same {x} in one series; add keys to series= "
+                             f"(rows: {', '.join(rows['model'].to_list())})")
+        name = group_label(dict(zip(lines, values)), lines, missing=True) if lines else "all runs"
+        xs = rows[x].to_numpy().astype(float)
+        _line(ax_lat, xs, rows["_lat"], color, name, upper=rows["_lat_hi"])
+        if rate:
+            _line(ax_rate, xs, rows["_rate"], color, name)
+        _line(ax_gpu, xs, rows["compute_ms"], color, f"compute · {name}")
+        _line(ax_gpu, xs, rows["transfer_ms"], color, f"transfer · {name}", style="--", marker="s")
+        _line(ax_share, xs, rows["transfer_share_pct"], color, name)
+        _crossover(ax_share, xs, rows["transfer_share_pct"].to_numpy(), color, x)
+        for axis, column in ((ax_lat, "_lat"), (ax_share, "transfer_share_pct")):
+            _label_points(axis, xs, rows[column], rows["model"].to_list())
+    _decorate(ax_lat, ax_rate, ax_gpu, ax_share, x=x, time=time, statistic=statistic, whisker=whisker, batch=batch,
+              rate=rate, transfer=transfer, compute=compute)
+    ticks = np.unique(points[x].to_numpy())
+    for axis in axes.ravel():
+        if x in LOG_X and (ticks > 0).all():
+            axis.set_xscale("log", base=2)  # resolutions and patch counts grow by factors
+            axis.xaxis.set_minor_locator(NullLocator())
+        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    shown = f" · series by {', '.join(lines)}" if lines else ""
+    set_title(fig, f"Scaling with {X_LABELS[x][0].lower()}: {', '.join(points['model'].unique(maintain_order=True))}"
+              f"{shown}")
+    add_note(fig, f"Batch latency: CPU time of the {batch} ranges, {statistic} with whiskers to {whisker}. "
+             f"Transfer = {' + '.join(transfer)}, compute = {' + '.join(compute)}: mean {_TIME_WORDS.get(time, time)}"
+             f" per batch from the latency summary; share = transfer / (transfer + compute). Below the 50 % line the"
+             f" GPU spends more time computing than copying.")
+    return fig
+
+
+_TIME_WORDS = {"gpu_proj_ms": "GPU projected time", "gpu_busy_ms": "GPU busy time", "range_ms": "CPU time"}
+
+
+def _series_keys(points: pl.DataFrame, keys: list[str], x: str, series: Sequence[str] | str) -> list[str]:
+    if series != "auto":
+        chosen = [series] if isinstance(series, str) else list(series)
+        require_columns(points.columns, chosen, "scaling series")
+        return chosen
+    candidates = [k for k in (*SHAPE_KEYS, "patches", *keys) if k not in (x, "model") and k in points.columns]
+    if x in ("patches", "resolution"):
+        candidates = [k for k in candidates if k not in ("patches", "resolution")]
+    return [k for k in dict.fromkeys(candidates) if points[k].n_unique() > 1]
+
+
+def _line(ax: Axes, xs: np.ndarray, ys: pl.Series, color: str, label: str, *, upper: pl.Series | None = None,
+          style: str = "-", marker: str = "o") -> None:
+    y = ys.cast(pl.Float64).fill_null(np.nan).to_numpy()
+    ax.plot(xs, y, linestyle=style, marker=marker, color=color, label=label, markersize=5)
+    if upper is not None:
+        hi = upper.cast(pl.Float64).fill_null(np.nan).to_numpy()
+        ax.errorbar(xs, y, yerr=[np.zeros_like(y), hi - y], fmt="none", ecolor=color, capsize=3, alpha=0.7,
+                    label=f"_whisker:{label}")
+
+
+def _crossover(ax: Axes, xs: np.ndarray, share: np.ndarray, color: str, x: str) -> None:
+    """Mark the first point of a series from which compute dominates (share < 50 %) after one where it did not."""
+    for i in range(1, len(xs)):
+        if share[i - 1] >= 50 > share[i]:
+            ax.axvline(xs[i], color=color, linestyle=":", linewidth=1.2)
+            ax.annotate(f"compute > transfer\nfrom {x} {xs[i]:g}", (xs[i], 50), xytext=(4, 6),
+                        textcoords="offset points", fontsize=8, color=color)
+            return
+
+
+def _label_points(ax: Axes, xs: np.ndarray, ys: pl.Series, models: list[str]) -> None:
+    for xv, yv, model in zip(xs, ys.cast(pl.Float64).fill_null(np.nan).to_numpy(), models):
+        if np.isfinite(yv):
+            ax.annotate(model, (xv, yv), xytext=(3, 4), textcoords="offset points", fontsize=7, color="0.35")
+
+
+def _decorate(ax_lat: Axes, ax_rate: Axes, ax_gpu: Axes, ax_share: Axes, *, x: str, time: str, statistic: str,
+              whisker: str, batch: str, rate: str | None, transfer: Sequence[str], compute: Sequence[str]) -> None:
+    quantity, unit = X_LABELS[x]
+    ax_lat.set_ylabel(unit_label(f"Batch latency, {statistic}", "ms"))
+    ax_lat.set_ylim(bottom=0)
+    if rate:
+        ax_rate.set_ylabel(unit_label("Throughput", "samples/s" if rate == "samples_per_s" else "batches/s"))
+        ax_rate.set_ylim(bottom=0)
+    else:
+        ax_rate.text(0.5, 0.5, "no throughput frame given", ha="center", va="center", transform=ax_rate.transAxes,
+                     color="0.4")
+        ax_rate.set_ylabel(unit_label("Throughput", "samples/s"))
+    ax_gpu.set_ylabel(unit_label(f"{_TIME_WORDS.get(time, time)} per batch, mean", "ms"))
+    ax_gpu.set_ylim(bottom=0)
+    ax_share.set_ylabel(unit_label("Transfer share of GPU time", "%"))
+    ax_share.set_ylim(0, 105)
+    ax_share.axhline(50, color="0.3", linewidth=1, linestyle="--")
+    for axis in (ax_gpu, ax_share):
+        axis.set_xlabel(unit_label(quantity, unit))
+    for axis in (ax_lat, ax_rate, ax_gpu, ax_share):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8, loc="best")

@@ -1,0 +1,380 @@
+"""GPU timeline of one report: per device and stream the kernels and copies as bars, under the NVTX ranges of
+the threads that launched them, over a chosen window — the view people open the nsys GUI for.
+
+Two steps:
+
+* :func:`timeline_frame` (data preparation, reads the report): the ops and ranges of a window as one tidy
+  frame, each op with the thread whose CUDA call launched it (matched by ``correlationId`` within the
+  process, as :mod:`nsysan.attribution` does). Filtering happens inside DuckDB, so a window of a
+  million-kernel export brings only what it shows into Python (the SQLite tables are still scanned: the
+  scanner cannot seek); kernel names travel as string ids, looked up once each.
+* :func:`gpu_timeline` (pure): draws that frame. A lane with more items than ``bins`` is drawn as ``bins``
+  time bins whose bar height is the fraction of the bin the lane was busy (stacked by op kind or range
+  name), and the figure says how many ops were drawn as how many bins.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from nsysan.analyses.kernels import KernelNames
+from nsysan.analyses.throughput import outer_matching
+from nsysan.attribution import range_nesting
+from nsysan.errors import MissingDataError
+from nsysan.load import Report
+from nsysan.plots.style import OP_COLORS, add_note, new_figure, set_title, shorten, stage_color, styled, unit_label
+
+Window = str | tuple[int, int] | tuple[str, int] | tuple[str, int, int]
+FRAME_SCHEMA = {
+    "lane": pl.Categorical, "kind": pl.Categorical, "name": pl.Categorical, "start_ns": pl.Int64,
+    "end_ns": pl.Int64, "device_id": pl.Int64, "stream_id": pl.Int64, "pid": pl.Int64, "tid": pl.Int64,
+    "thread": pl.Categorical, "level": pl.Int64, "bytes": pl.Int64,
+}
+_NAME_ID = {"demangled": "demangledName", "short": "shortName", "mangled": "coalesce(mangledName, demangledName)"}
+_PID_MASK = -16777216  # the process part of a globalTid (nsys packs pid and tid into one integer)
+_NUMBERED = r"([_\-.:]?)\d+$"
+
+
+# -- the frame ------------------------------------------------------------------------------------------------
+def timeline_frame(report: Report, *, window: Window = ("batch_*", 3), exclude_within: str | None = "warmup_*",
+                   names: KernelNames = "short", threads: str = "launching") -> pl.DataFrame:
+    """The GPU ops and NVTX ranges of one window of ``report``, one row each (ops first, then ranges).
+
+    ``window``: ``(start_ns, end_ns)``; ``(pattern, count)`` or ``(pattern, count, skip)``: ``count``
+    consecutive measured instances of the range glob ``pattern`` (outermost, outside ``exclude_within``,
+    as :func:`nsysan.batch_trace` chooses batches), after the first ``skip``, from the first one's start to
+    the end of the last one or of the GPU work they launched, whichever is later; any other string: every
+    measured instance of that range glob, likewise; ``"capture"``: from the first to the last NVTX range or
+    GPU op (what the timeline can show).
+
+    Columns (:data:`FRAME_SCHEMA`): ``lane`` (``gpu`` or ``thread``), ``kind`` (``kernel``, ``memcpy``,
+    ``memset``, ``range``), ``name`` (kernel name per ``names``; copy direction; ``memset``; range name),
+    ``start_ns``, ``end_ns``, ``device_id`` and ``stream_id`` (ops), ``pid``, ``tid`` and ``thread`` (name)
+    of the thread whose CUDA call launched the op, or of the range's thread; ``level`` (range nesting,
+    0 = outermost), ``bytes`` (copies, memsets); and constants ``report``, ``window`` (what was chosen, in
+    words), ``window_start_ns``, ``window_end_ns``. Ops are those running in the window, ranges those
+    overlapping it on the threads that launched its ops (``threads="all"``: on every thread)."""
+    if not any(report.has(t) for t in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
+                                       "CUPTI_ACTIVITY_KIND_MEMSET")):
+        report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="the GPU timeline")
+    if threads not in ("launching", "all"):
+        raise ValueError(f"threads must be 'launching' or 'all', not {threads!r}")
+    nesting = range_nesting(report) if report.has("NVTX_EVENTS") else None
+    start, end, label = _window(report, window, exclude_within, nesting)
+    ops = _ops(report, start, end, names)
+    launching = ops["tid_global"].unique().drop_nulls()
+    ranges = _ranges(report, start, end, nesting, None if threads == "all" else launching)
+    if start is None:
+        start = min(v for v in (ops["start_ns"].min(), ranges["start_ns"].min()) if v is not None)
+        end = max(v for v in (ops["end_ns"].max(), ranges["end_ns"].max()) if v is not None)
+    named = report.frame("SELECT global_tid AS tid_global, min(thread_name) AS thread FROM threads GROUP BY ALL")
+    ids = [(pl.col("tid_global") // (1 << 24) % (1 << 24)).alias("pid"),
+           (pl.col("tid_global") % (1 << 24)).alias("tid")]
+    parts = [part.lazy().join(named.lazy(), on="tid_global", how="left").with_columns(*ids)
+             for part in (ops, ranges)]
+    return (pl.concat(parts, how="diagonal_relaxed")
+            .select(*[pl.col(c).cast(t) for c, t in FRAME_SCHEMA.items()])
+            .with_columns(report=pl.lit(report.name).cast(pl.Categorical),
+                          window=pl.lit(label).cast(pl.Categorical), window_start_ns=pl.lit(start, pl.Int64),
+                          window_end_ns=pl.lit(end, pl.Int64))
+            .collect())
+
+
+def _window(report: Report, window: Window, exclude_within: str | None,
+            nesting: pl.DataFrame | None) -> tuple[int | None, int | None, str]:
+    """(start, end, words) of the window; start and end are None for the capture (taken from the data)."""
+    if isinstance(window, tuple) and len(window) == 2 and all(isinstance(v, (int, np.integer)) for v in window):
+        start, end = window
+        if end <= start:
+            raise ValueError(f"window end {end} must come after its start {start}")
+        return int(start), int(end), f"{start:,} – {end:,} ns"
+    if window == "capture":
+        return None, None, "whole capture"
+    if isinstance(window, str):
+        pattern, count, skip = window, None, 0
+    elif isinstance(window, tuple) and len(window) in (2, 3) and isinstance(window[0], str):
+        pattern, count, skip = window[0], int(window[1]), int(window[2]) if len(window) == 3 else 0
+    else:
+        raise ValueError(f"window must be (start_ns, end_ns), (pattern, count[, skip]), 'capture' or a range glob;"
+                         f" not {window!r}")
+    if nesting is None:
+        report.require("NVTX_EVENTS", purpose=f"the {pattern!r} window")
+    chosen = outer_matching(_light_trace(report, nesting), pattern=pattern, exclude_within=exclude_within)
+    picked = chosen.slice(skip, count)
+    if picked.is_empty():
+        raise MissingDataError(f"{report.path}: no measured instance of NVTX range {pattern!r}"
+                               + (f" outside {exclude_within!r}" if exclude_within else "")
+                               + (f" after the first {skip}" if skip else ""))
+    start, cpu_end = int(picked["start_ns"].min()), int(picked["end_ns"].max())
+    report.register("_timeline_instances", picked.select("global_tid", "start_ns", "end_ns"))
+    gpu_end = report.sql(
+        "SELECT max(o.end_ns) FROM _timeline_instances AS i "
+        "JOIN raw.CUPTI_ACTIVITY_KIND_RUNTIME AS r ON r.globalTid = i.global_tid AND r.start >= i.start_ns "
+        "AND r.\"end\" <= i.end_ns "
+        f"JOIN gpu_ops AS o ON o.correlation_id = r.correlationId AND o.global_pid = (r.globalTid & {_PID_MASK})"
+    ).fetchone()[0]
+    first, last = picked["range"][0], picked["range"][-1]
+    what = first if picked.height == 1 else f"{first} … {last}"
+    label = f"{what} ({picked.height:,} of {chosen.height:,} measured {pattern})"
+    return start, max(cpu_end, int(gpu_end or cpu_end)), label
+
+
+def _light_trace(report: Report, nesting: pl.DataFrame) -> pl.DataFrame:
+    """NVTX range instances with their nesting, without GPU projection (enough to choose instances)."""
+    ranges = report.frame("SELECT range_id, name AS range, start_ns, end_ns, global_tid FROM nvtx_ranges")
+    return (ranges.join(nesting.select("range_id", "parent_id", "level"), on="range_id", how="left")
+            .with_columns(pl.col("level").fill_null(0)).sort("start_ns", "range_id"))
+
+
+def _overlapping(start: int | None, end: int | None) -> str:
+    return "" if start is None else f"WHERE end_ns >= {int(start)} AND start_ns <= {int(end)}"
+
+
+def _ops(report: Report, start: int | None, end: int | None, names: KernelNames) -> pl.DataFrame:
+    """Ops running in [start, end] (all for None) with the globalTid of their launching call.
+
+    Kernel names travel as StringIds ids and are looked up once per distinct id, and kinds as small codes:
+    a million-kernel window then moves integers, not a million strings."""
+    inside = "" if start is None else f'WHERE "end" >= {int(start)} AND start <= {int(end)}'
+    parts = []
+    if report.has("CUPTI_ACTIVITY_KIND_KERNEL"):
+        parts.append(f"SELECT 0 AS kind, {_NAME_ID[names]} AS name_id, NULL AS name, start AS start_ns, "
+                     '"end" AS end_ns, '
+                     "deviceId AS device_id, streamId AS stream_id, globalPid AS global_pid, "
+                     f"correlationId AS correlation_id, NULL AS bytes FROM raw.CUPTI_ACTIVITY_KIND_KERNEL {inside}")
+    if report.has("CUPTI_ACTIVITY_KIND_MEMCPY"):
+        parts.append("SELECT 1, NULL, direction, start_ns, end_ns, device_id, stream_id, global_pid, correlation_id, "
+                     f"bytes FROM memcpy {_overlapping(start, end)}")
+    if report.has("CUPTI_ACTIVITY_KIND_MEMSET"):
+        parts.append("SELECT 2, NULL, 'memset', start_ns, end_ns, device_id, stream_id, global_pid, correlation_id, "
+                     f"bytes FROM memset {_overlapping(start, end)}")
+    launch = (f"LEFT JOIN (SELECT correlationId, globalTid FROM raw.CUPTI_ACTIVITY_KIND_RUNTIME) AS r "
+              f"ON r.correlationId = o.correlation_id AND (r.globalTid & {_PID_MASK}) = o.global_pid")
+    frame = report.frame(f"SELECT CAST(o.kind AS UTINYINT) AS kind, CAST(o.name_id AS BIGINT) AS name_id, "
+                         f"CAST(o.name AS VARCHAR) AS name, o.start_ns, o.end_ns, o.device_id, o.stream_id, "
+                         f"CAST(o.bytes AS BIGINT) AS bytes, r.globalTid AS tid_global "
+                         f"FROM ({' UNION ALL '.join(parts)}) AS o {launch}")
+    ids = frame["name_id"].drop_nulls().unique().to_list()
+    strings = report.frame(f"SELECT id AS name_id, value FROM raw.StringIds WHERE id IN ({', '.join(map(str, ids))})") \
+        if ids else pl.DataFrame(schema={"name_id": pl.Int64, "value": pl.String})
+    strings = strings.with_columns(pl.col("value").cast(pl.Categorical))
+    kinds = pl.DataFrame({"kind": [0, 1, 2], "_kind": ["kernel", "memcpy", "memset"]},
+                         schema={"kind": pl.UInt8, "_kind": pl.Categorical})
+    return (frame.lazy().join(strings.lazy(), on="name_id", how="left")
+            .join(kinds.lazy(), on="kind", how="left")
+            .select(pl.lit("gpu").alias("lane"), pl.col("_kind").alias("kind"),
+                    pl.coalesce(pl.col("value"), pl.col("name").cast(pl.Categorical)).alias("name"),
+                    "start_ns", "end_ns", "device_id", "stream_id", "bytes", "tid_global")
+            .collect())
+
+
+def _ranges(report: Report, start: int | None, end: int | None, nesting: pl.DataFrame | None,
+            launching: pl.Series | None) -> pl.DataFrame:
+    """NVTX ranges overlapping [start, end] (all for None), on the ``launching`` threads (None: all)."""
+    if nesting is None:
+        return pl.DataFrame(schema={"lane": pl.String, "tid_global": pl.Int64, "start_ns": pl.Int64,
+                                    "end_ns": pl.Int64})
+    ranges = report.frame(f"SELECT range_id, name, start_ns, end_ns, global_tid AS tid_global FROM nvtx_ranges "
+                          f"{_overlapping(start, end)}")
+    if launching is not None:
+        ranges = ranges.filter(pl.col("tid_global").is_in(launching.implode()))
+    return (ranges.join(nesting.select("range_id", "level"), on="range_id", how="left")
+            .with_columns(lane=pl.lit("thread"), kind=pl.lit("range"), level=pl.col("level").fill_null(0))
+            .drop("range_id"))
+
+
+# -- the figure -----------------------------------------------------------------------------------------------
+@styled
+def gpu_timeline(frame: pl.DataFrame, *, bins: int = 1500, max_bars: int | None = None,
+                 label_min_fraction: float = 0.04, ax: Axes | None = None) -> Figure:
+    """Draw a :func:`timeline_frame`: one lane per thread and NVTX nesting level (its ranges), then one lane
+    per GPU and stream (kernels, copies, memsets), over ``window_start_ns`` … ``window_end_ns`` on an axis
+    in ms since the window's start.
+
+    A lane with at most ``max_bars`` items (default ``bins``) draws one bar per item; a busier lane is
+    drawn as ``bins`` time bins, each a bar whose height is the share of the bin the lane's items covered
+    (stacked by colour: kernel, copy direction, memset; range name) — and the figure says so. Items
+    wider than ``label_min_fraction`` of the window carry their (shortened) name."""
+    if frame.is_empty():
+        raise ValueError("gpu_timeline: the frame holds nothing to draw")
+    start, end = int(frame["window_start_ns"][0]), int(frame["window_end_ns"][0])
+    limit = bins if max_bars is None else max_bars
+    lanes = _lanes(frame)
+    fig_ax = ax
+    if ax is None:
+        fig, axes = new_figure(1, 1, figsize=(12.5, 1.9 + 0.36 * len(lanes)))
+        ax = axes[0][0]
+    else:
+        fig = ax.figure
+    keys_drawn: dict[str, str] = {}
+    binned: list[tuple[str, int]] = []
+    for y, (label, rows) in enumerate(lanes):
+        keys, index = _color_keys(rows)
+        colors = [_color(k, rows) for k in keys]
+        if rows.height > limit:
+            _draw_bins(ax, rows, keys, index, colors, y, label, start, end, bins)
+            binned.append((label, rows.height))
+        else:
+            _draw_bars(ax, rows, [colors[i] for i in index], y, label, start, end, label_min_fraction)
+        keys_drawn.update(zip(keys, colors))
+    _decorate(ax, lanes, start, end, keys_drawn)
+    window = frame["window"][0]
+    scale, unit = time_unit(end - start)
+    set_title(fig, f"GPU timeline — {frame['report'][0]}: {window}, {(end - start) / scale:,.2f} {unit}",
+              axes_title=ax if fig_ax is not None else None)
+    add_note(fig, _note(frame, binned, bins, start, end))
+    return fig
+
+
+def time_unit(span_ns: int) -> tuple[float, str]:
+    """The time axis's unit for a window: ms up to 10 s, else s."""
+    return (1e6, "ms") if span_ns < 10e9 else (1e9, "s")
+
+
+def _lanes(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
+    """(label, rows) per lane: thread × NVTX level first (by pid, tid), then GPU × stream."""
+    lanes = []
+    frame = frame.select("lane", "kind", "name", "start_ns", "end_ns", "device_id", "stream_id", "pid", "tid",
+                         "thread", "level")
+    ranges = frame.filter(pl.col("lane") == "thread")
+    for (pid, tid, level), rows in sorted(ranges.partition_by("pid", "tid", "level", as_dict=True).items(),
+                                          key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
+        name = rows["thread"][0] or "thread"
+        lanes.append((f"{shorten(name, 18)} {tid} · NVTX L{level}", rows))
+    ops = frame.filter(pl.col("lane") == "gpu")
+    for (device, stream), rows in sorted(ops.partition_by("device_id", "stream_id", as_dict=True).items(),
+                                         key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
+        lanes.append((f"GPU {device} · stream {stream}", rows))
+    return lanes
+
+
+def _color_keys(rows: pl.DataFrame) -> tuple[list[str], np.ndarray]:
+    """What colours each item, as (distinct keys, each row's index into them): ops by kind, copies by
+    direction; ranges by name with its number merged (``batch_12`` -> ``batch_*``). Decided once per distinct
+    (kind, name), never per row, so that a million kernels cost no strings."""
+    codes = (rows["kind"].to_physical().cast(pl.Int64).to_numpy() << 32) | rows["name"].to_physical().cast(
+        pl.Int64).fill_null(0xFFFFFFFF).to_numpy()
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    kinds = rows["kind"].gather(first).cast(pl.String).to_list()
+    names = rows["name"].gather(first).cast(pl.String).to_list()
+    per_code = [_key(k, n) for k, n in zip(kinds, names)]
+    keys = list(dict.fromkeys(per_code))
+    return keys, np.array([keys.index(k) for k in per_code], dtype=np.int64)[inverse]
+
+
+def _key(kind: str, name: str | None) -> str:
+    if kind == "range":
+        return re.sub(_NUMBERED, r"\1*", name or "")
+    return (name or "memcpy") if kind == "memcpy" else kind
+
+
+def _color(key: str, rows: pl.DataFrame) -> str:
+    if rows["lane"][0] == "gpu":
+        return OP_COLORS.get(key, OP_COLORS["memcpy"])
+    if fnmatch.fnmatchcase(key, "batch*") or fnmatch.fnmatchcase(key, "warmup*"):
+        return "#d5d5d5" if key.startswith("batch") else "#ececec"
+    return stage_color(key)
+
+
+def _rectangles(x0: np.ndarray, x1: np.ndarray, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    return np.stack([np.stack([x0, bottom], 1), np.stack([x0, top], 1), np.stack([x1, top], 1),
+                     np.stack([x1, bottom], 1)], axis=1)
+
+
+def _draw_bars(ax: Axes, rows: pl.DataFrame, colors: list[str], y: int, label: str, start: int, end: int,
+               label_min_fraction: float) -> None:
+    scale, _ = time_unit(end - start)
+    x0 = (rows["start_ns"].to_numpy() - start) / scale
+    x1 = (rows["end_ns"].to_numpy() - start) / scale
+    height = 0.8
+    verts = _rectangles(x0, x1, np.full(x0.size, y - height / 2), np.full(x0.size, y + height / 2))
+    ax.add_collection(PolyCollection(verts, facecolors=colors, edgecolors=colors, linewidths=0.4,
+                                     gid=f"bars|{label}"))
+    span = (end - start) / scale
+    for left, right, name in zip(x0, x1, rows["name"].cast(pl.String).to_list()):
+        visible = min(right, span) - max(left, 0.0)
+        if name and visible >= label_min_fraction * span:
+            chars = max(4, int(visible / span * 150))
+            ax.text(max(left, 0.0) + visible / 2, y, shorten(name, chars), ha="center", va="center", fontsize=7,
+                    color="0.1", clip_on=True)
+
+
+def _draw_bins(ax: Axes, rows: pl.DataFrame, keys: list[str], index: np.ndarray, colors: list[str], y: int,
+               label: str, start: int, end: int, bins: int) -> None:
+    """Per colour key, the share of each time bin the key's items cover, stacked upward from the lane's base."""
+    edges = np.linspace(0.0, float(end - start), bins + 1)
+    starts = (rows["start_ns"].to_numpy() - start).astype(np.float64)
+    ends = (rows["end_ns"].to_numpy() - start).astype(np.float64)
+    shares = {}
+    for k, key in enumerate(keys):
+        chosen = index == k
+        shares[key] = np.diff(_covered(starts[chosen], ends[chosen], edges)) / np.diff(edges)
+    total = np.sum(list(shares.values()), axis=0)
+    overfull = np.where(total > 1, 1 / np.maximum(total, 1e-12), 1.0)  # overlapping items: at most a full bin
+    height = 0.8
+    edges = edges / time_unit(end - start)[0]
+    active = total > 0
+    ax.add_collection(PolyCollection(
+        _rectangles(edges[:-1][active], edges[1:][active], np.full(active.sum(), y - height / 2),
+                    np.full(active.sum(), y + height / 2)),
+        facecolors=colors[int(np.argmax([v.sum() for v in shares.values()]))], alpha=0.18, edgecolors="none",
+        gid=f"active|{label}"))
+    base = np.full(bins, y + height / 2)
+    for (key, share), color in zip(shares.items(), colors):
+        share = share * overfull
+        drawn = share > 0
+        top = base - share * height
+        verts = _rectangles(edges[:-1][drawn], edges[1:][drawn], top[drawn], base[drawn])
+        ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none", gid=f"bins|{label}|{key}"))
+        base = top
+
+
+def _covered(starts: np.ndarray, ends: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Σ over items of the part of [start, end] that lies before each point (items may overlap)."""
+    s, e = np.sort(starts), np.sort(ends)
+    cs = np.concatenate([[0.0], np.cumsum(s)])
+    ce = np.concatenate([[0.0], np.cumsum(e)])
+    i = np.searchsorted(s, points, side="right")
+    j = np.searchsorted(e, points, side="right")
+    return (i * points - cs[i]) - (j * points - ce[j])
+
+
+def _decorate(ax: Axes, lanes: list[tuple[str, pl.DataFrame]], start: int, end: int, keys: dict[str, str]) -> None:
+    scale, unit = time_unit(end - start)
+    ax.set_xlim(0, (end - start) / scale)
+    ax.set_ylim(len(lanes) - 0.5, -0.5)
+    ax.set_yticks(range(len(lanes)), [label for label, _ in lanes], fontsize=8)
+    ax.set_xlabel(unit_label("Time since window start", unit))
+    ax.set_ylabel("Thread (NVTX level) / GPU stream")
+    ax.grid(axis="y", visible=False)
+    threads = sum(1 for _, rows in lanes if rows["lane"][0] == "thread")
+    if 0 < threads < len(lanes):
+        ax.axhline(threads - 0.5, color="0.4", linewidth=1)
+    ranges = [(f"NVTX {k}", c) for k, c in keys.items() if k not in OP_COLORS]
+    ops = [(k if k in ("kernel", "memset") else f"copy {k}", c) for k, c in keys.items() if k in OP_COLORS]
+    handles = [Patch(facecolor=color, edgecolor="0.6", linewidth=0.4, label=key) for key, color in ranges + ops]
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=min(len(handles), 6), fontsize=8,
+              borderaxespad=0)
+
+
+def _note(frame: pl.DataFrame, binned: list[tuple[str, int]], bins: int, start: int, end: int) -> str:
+    ops = int((frame["lane"] == "gpu").sum())
+    ranges = frame.height - ops
+    text = f"{ops:,} GPU ops and {ranges:,} NVTX ranges in the window."
+    if binned:
+        items = sum(n for _, n in binned)
+        width = (end - start) / bins
+        shown = f"{width / 1e3:,.1f} µs" if width < 1e6 else f"{width / 1e6:,.2f} ms"
+        text += (f" {items:,} items of {len(binned)} busy lane(s) drawn as {bins * len(binned):,} bins "
+                 f"({bins:,} per lane, {shown} each): bar height = share of the bin the lane was busy; "
+                 "pale = some activity in the bin.")
+    else:
+        text += " Every item drawn as its own bar."
+    return text
