@@ -22,7 +22,7 @@ __version__ = "0.2.0"
 _LAZY = {
     **dict.fromkeys(("ANALYSES", "bandwidth", "collect", "collective_calls", "comm", "compare", "copy_sizes", "info",
                      "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open", "sample_paths", "skew",
-                     "throughput", "top_kernels", "utilization"), "nsysan.api"),
+                     "throughput", "timeline", "top_kernels", "utilization"), "nsysan.api"),
     "Collection": "nsysan.collection", "Failure": "nsysan.collection",
     "Report": "nsysan.load", "Result": "nsysan.engine", "Selection": "nsysan.selection",
     "export": "nsysan.exporter", "ExportResult": "nsysan.exporter",
@@ -32,7 +32,7 @@ __all__ = [
     "ANALYSES", "Collection", "ExportResult", "Failure", "MissingDataError", "NotAnExportError", "NsysanError",
     "NsysanWarning", "Report", "Result", "Selection", "__version__", "bandwidth", "collect", "collective_calls", "comm",
     "compare", "copy_sizes", "export", "info", "kernels", "latency", "latency_trace", "numa", "numa_heatmap", "open",
-    "sample_paths", "skew", "throughput", "top_kernels", "utilization",
+    "sample_paths", "skew", "throughput", "timeline", "top_kernels", "utilization",
 ]
 
 

@@ -29,6 +29,7 @@ from nsysan.analyses import kernels as _kernels
 from nsysan.analyses import latency as _latency
 from nsysan.analyses import numa as _numa
 from nsysan.analyses import throughput as _throughput
+from nsysan.analyses import timeline as _timeline
 from nsysan.analyses import utilization as _utilization
 from nsysan.analyses.kernels import KernelNames
 from nsysan.attribution import RULES
@@ -290,6 +291,17 @@ def collective_calls(runs: Runs, *, message_bytes: int | Mapping[str, int] | Non
                   by=(), progress=progress)
 
 
+# -- one report's timeline -----------------------------------------------------------------------------------
+def timeline(runs: Runs, *, window: Any = ("batch_*", 3), select: Selection = DEFAULT, names: str = "short",
+             threads: str = "launching", progress: Progress = None) -> Result:
+    """The GPU ops and NVTX ranges of one window of each report, one row each, every op with the thread that
+    launched it: what :func:`nsysan.plots.gpu_timeline` draws (:func:`nsysan.analyses.timeline.timeline_frame`
+    columns and windows, e.g. ``("batch_*", 3)``: three measured batches)."""
+    _check(threads in ("launching", "all"), f"threads must be 'launching' or 'all', not {threads!r}")
+    return pooled(runs, partial(_timeline.timeline_frame, window=window, select=select, names=_names(names),
+                                threads=threads), by=(), progress=progress)
+
+
 # -- what the exports hold --------------------------------------------------------------------------------------
 def info(runs: Runs, *, progress: Progress = None) -> Result:
     """One row per report: nsys version, export schema, and how many ranges, kernels, copies, memsets, CUDA
@@ -299,8 +311,8 @@ def info(runs: Runs, *, progress: Progress = None) -> Result:
 
 #: The many-report analyses, by name: what the command line, the report and the contract tests run over.
 ANALYSES = {f.__name__: f for f in (latency_trace, latency, kernels, bandwidth, copy_sizes, utilization, top_kernels,
-                                     throughput, compare, numa, comm, skew, collective_calls, info)}
+                                     throughput, compare, numa, comm, skew, collective_calls, timeline, info)}
 
 __all__ = ["ANALYSES", "Collection", "Failure", "Report", "Result", "Selection", "bandwidth", "collect",
            "collective_calls", "comm", "compare", "copy_sizes", "info", "kernels", "latency", "latency_trace", "numa",
-           "numa_heatmap", "open", "sample_paths", "skew", "throughput", "top_kernels", "utilization"]
+           "numa_heatmap", "open", "sample_paths", "skew", "throughput", "timeline", "top_kernels", "utilization"]

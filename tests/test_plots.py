@@ -24,11 +24,8 @@ from matplotlib.figure import Figure
 import nsysan
 from nsysan import plots
 from nsysan.analyses.bandwidth import bandwidth_summary, copy_size_histogram, copy_trace
-from nsysan.analyses.compare import compare, stage_samples
-from nsysan.analyses.latency import exclude_instances, latency_summary, merge_numbered_names, range_trace
-from nsysan.analyses.throughput import batch_trace, throughput_summary
 from nsysan.analyses.utilization import gpu_utilization, top_kernels, utilization_summary
-from nsysan.metadata import read_metadata
+from nsysan.engine import pooled
 from nsysan.plots.compare import DEFAULT_METRICS
 from nsysan.plots.style import shorten
 
@@ -39,15 +36,8 @@ OUT = Path("/tmp/plots")
 
 # -- shared helpers -----------------------------------------------------------------------------------------
 def tagged(paths, analysis) -> pl.DataFrame:
-    """``analysis(report)`` of every export, tagged with ``report`` and its metadata (as a collection would)."""
-    frames = []
-    for path in paths:
-        meta = {"report": nsysan.Report.display_name(path), **read_metadata(path)}
-        with nsysan.open(path) as report:
-            frame = analysis(report)
-        frames.append(frame.with_columns(*[pl.lit(v, dtype=pl.String if isinstance(v, str) or v is None else None)
-                                           .alias(k) for k, v in meta.items()]))
-    return pl.concat(frames, how="diagonal_relaxed")
+    """``analysis(report)`` of every export, tagged with ``report`` and its metadata, as the API does."""
+    return pooled(paths, analysis, by=()).frame
 
 
 def title(fig: Figure) -> str:
@@ -123,14 +113,12 @@ def paths():
 
 @pytest.fixture(scope="module")
 def latency(paths) -> pl.DataFrame:
-    trace = tagged(paths, range_trace)
-    trace = merge_numbered_names(exclude_instances(trace, within="warmup_*"))
-    return latency_summary(trace, by=BY)
+    return nsysan.latency(paths, by=BY).frame
 
 
 @pytest.fixture(scope="module")
 def throughput(paths) -> pl.DataFrame:
-    return throughput_summary(tagged(paths, batch_trace), by=BY)
+    return nsysan.throughput(paths, by=BY).frame
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +133,7 @@ def parts(paths) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def comparison(paths) -> pl.DataFrame:
-    samples = stage_samples(nsysan.collect(paths), exclude_within="warmup_*")
-    return compare(samples, by=list(BY), baseline={"variant": ""})
+    return nsysan.compare(paths, by=BY, baseline={"variant": ""}).frame
 
 
 # -- stage breakdown ----------------------------------------------------------------------------------------

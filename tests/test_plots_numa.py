@@ -7,6 +7,8 @@ The remote runs are copies of real sample exports whose memcpy durations were st
 """
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import polars as pl
 import pytest
@@ -15,8 +17,10 @@ from test_plots import assert_axes_labelled, errorbar_x_segments, save, title
 
 import nsysan
 from nsysan import plots
-from nsysan.analyses.compare import stage_samples
+from nsysan.analyses.compare import stage_observations
 from nsysan.analyses.numa import NumaNotComparable, numa_heatmap, numa_penalty
+from nsysan.engine import pooled
+from nsysan.selection import Selection
 from nsysan.testing.synthetic import copy_export, stretch_copies
 
 FACTORS = {0: 1.5, 1: 2.0}
@@ -34,7 +38,7 @@ def penalty(tmp_path_factory) -> pl.DataFrame:
         for gpu in gpus:
             copy_export(_sample(model), folder, name=f"pipeline_gpu{gpu}_numa0_{model}", sidecar={"gpu_numa_node": 0})
             stretch_copies(_sample(model), folder, factor=FACTORS[gpu], name=f"pipeline_gpu{gpu}_numa1_{model}")
-    return numa_penalty(stage_samples(nsysan.collect([folder]), exclude_within="warmup_*"))
+    return nsysan.numa(folder).frame
 
 
 def _texts(ax) -> dict[tuple[int, int], str]:
@@ -131,10 +135,12 @@ def test_forest_of_numa_penalty(penalty):
 
 
 def test_one_node_gets_a_plain_statement():
-    samples = stage_samples(nsysan.collect(nsysan.sample_paths()), exclude_within="warmup_*")
+    result = nsysan.numa(nsysan.sample_paths())
+    samples = pooled(nsysan.sample_paths(), partial(stage_observations, select=Selection()), by=()).frame
     with pytest.raises(NumaNotComparable) as raised:
         numa_penalty(samples)
-    fig = plots.numa_penalty_heatmap(raised.value)
+    assert result.frame.is_empty() and result.notes == (str(raised.value),)
+    fig = plots.numa_penalty_heatmap(result)
     save(fig, "numa_one_node")
     assert not any(ax.images for ax in fig.axes)
     words = [t.get_text().replace("\n", " ") for ax in fig.axes for t in ax.texts]

@@ -11,6 +11,7 @@ from test_plots import assert_axes_labelled, save, title
 import nsysan
 from nsysan import plots
 from nsysan.analyses.throughput import batch_trace
+from nsysan.analyses.timeline import timeline_frame
 from nsysan.attribution import launches
 from nsysan.errors import MissingDataError
 from nsysan.plots.style import OP_COLORS
@@ -28,7 +29,7 @@ def report():
 
 @pytest.fixture(scope="module")
 def frame(report) -> pl.DataFrame:
-    return plots.timeline_frame(report, window=("batch_*", 3))
+    return timeline_frame(report, window=("batch_*", 3))
 
 
 def _collections(fig, prefix: str) -> dict[str, object]:
@@ -117,7 +118,7 @@ def test_busy_lane_is_binned_into_busy_fractions(frame):
 
 
 def test_capture_and_explicit_windows(report):
-    capture = plots.timeline_frame(report, window="capture")
+    capture = timeline_frame(report, window="capture")
     ops = report.table("gpu_ops")
     ranges = report.table("nvtx_ranges")
     assert capture.filter(lane="gpu").height == ops.height == 2779
@@ -131,20 +132,20 @@ def test_capture_and_explicit_windows(report):
     assert "bars|GPU 0 · stream 13" in _collections(fig, "bars|")  # 2 memsets: bars
     assert "drawn as 1,500 bins" in plots.notes(fig)[0]
     start = capture["window_start_ns"][0]
-    window = plots.timeline_frame(report, window=(start, start + 200_000_000))
+    window = timeline_frame(report, window=(start, start + 200_000_000))
     assert window["window"][0] == f"{start:,} – {start + 200_000_000:,} ns"
     inside = ops.filter(pl.col("end_ns") >= start, pl.col("start_ns") <= start + 200_000_000)
     assert window.filter(lane="gpu").height == inside.height
-    one = plots.timeline_frame(report, window=("batch_*", 1, 29))
+    one = timeline_frame(report, window=("batch_*", 1, 29))
     assert one["window"][0].endswith("(1 of 30 measured batch_*)")
     assert one.filter(lane="thread", level=0)["name"].cast(pl.String).to_list() == [batch_trace(report)["range"][29]]
 
 
 def test_window_errors_and_time_unit(report):
     with pytest.raises(MissingDataError, match="no measured instance"):
-        plots.timeline_frame(report, window=("nope_*", 3))
+        timeline_frame(report, window=("nope_*", 3))
     with pytest.raises(ValueError, match="window must be"):
-        plots.timeline_frame(report, window=(1.5, 2.5))
+        timeline_frame(report, window=(1.5, 2.5))
     with pytest.raises(ValueError, match="must come after"):
-        plots.timeline_frame(report, window=(10, 5))
+        timeline_frame(report, window=(10, 5))
     assert time_unit(int(9e9)) == (1e6, "ms") and time_unit(int(20e9)) == (1e9, "s")

@@ -35,7 +35,7 @@ from nsysan.load import Report
 from nsysan.selection import DEFAULT, Selection, pool_names
 
 #: Columns of :func:`stage_observations` (the rest of a tagged frame is ``report`` and metadata keys).
-SAMPLE_COLUMNS = ("stage", "direction", "level", "metric", "pid", "start_ns", "value", "weight")
+SAMPLE_COLUMNS = ("stage", "direction", "level", "metric", "pid", "rank", "device_id", "start_ns", "value", "weight")
 #: Columns of :func:`stage_observations` besides ``report`` and run metadata that comparisons can be grouped by.
 ROW_KEYS = ("pid",)
 BASELINE, NO_BASELINE, TOO_FEW = "baseline", "no baseline", "too few instances"

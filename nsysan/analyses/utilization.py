@@ -188,8 +188,8 @@ def utilization_summary(parts: pl.DataFrame, *, by: Sequence[str] = ("report",),
 
 
 def _units(parts: pl.DataFrame, by: Sequence[str]) -> list[str]:
-    """The ``by`` keys and the unit of a row: GPU, stream when split, and rank where the window was a rank's own."""
-    unit = [k for k in ("device_id", "stream_id", "rank") if k in parts.columns]
+    """The ``by`` keys and the unit of a row: the GPU, and the stream when split (``by`` may add ``rank``)."""
+    unit = [k for k in ("device_id", "stream_id") if k in parts.columns]
     return list(dict.fromkeys([*by, *unit]))
 
 

@@ -4,7 +4,7 @@ Every function takes the frame an analysis returns (columns documented in docs/m
 and draws its columns, and returns a headless :class:`matplotlib.figure.Figure` (no pyplot state; save it
 with ``fig.savefig(path)``). Nothing here computes a metric; the few re-arrangements a figure needs are
 pure functions next to it (:func:`transfer_share`, :func:`model_shape`, :func:`busy_breakdown`) and
-:func:`timeline_frame` prepares one report's ops and ranges for the timeline.
+:func:`nsysan.timeline` prepares one report's ops and ranges for :func:`gpu_timeline`.
 
     from nsysan import plots
     plots.stage_breakdown(latency_by_model).savefig("stages.png")
@@ -15,11 +15,11 @@ from nsysan.plots.numa import numa_penalty_heatmap
 from nsysan.plots.scaling import model_shape, scaling, transfer_share
 from nsysan.plots.stages import stage_breakdown
 from nsysan.plots.style import notes
-from nsysan.plots.timeline import gpu_timeline, timeline_frame
+from nsysan.plots.timeline import gpu_timeline
 from nsysan.plots.utilization import busy_breakdown, busy_idle, idle_gaps, top_kernels_chart
 
 __all__ = [
     "bandwidth_chart", "busy_breakdown", "busy_idle", "comparison_forest", "gpu_timeline", "idle_gaps",
-    "model_shape", "notes", "numa_penalty_heatmap", "scaling", "stage_breakdown", "timeline_frame",
+    "model_shape", "notes", "numa_penalty_heatmap", "scaling", "stage_breakdown",
     "top_kernels_chart", "transfer_share",
 ]

@@ -18,6 +18,7 @@ from matplotlib.image import AxesImage
 
 from nsysan.analyses.compare import METRICS
 from nsysan.analyses.numa import numa_heatmap
+from nsysan.engine import Result
 from nsysan.errors import NsysanError
 from nsysan.plots.compare import METRIC_WORDS
 from nsysan.plots.style import add_note, group_label, new_figure, set_title, statement, styled, unit_label
@@ -27,7 +28,7 @@ _BOLD_VERDICTS = ("slower", "faster")
 
 
 @styled
-def numa_penalty_heatmap(penalty: pl.DataFrame | NsysanError | str, *, metric: str = "range_ms",
+def numa_penalty_heatmap(penalty: Result | pl.DataFrame | NsysanError | str, *, metric: str = "range_ms",
                          statistic: str = "mean", direction: str | None = None, across: str = "stage",
                          vmax: float | None = None) -> Figure:
     """Heatmap of ``penalty_pct`` of ``metric``/``statistic`` (the cells of :func:`nsysan.numa_heatmap`), each
@@ -37,8 +38,11 @@ def numa_penalty_heatmap(penalty: pl.DataFrame | NsysanError | str, *, metric: s
     ``numa_heatmap`` sorts), one column per stage plus the mean over stages. ``across=<key>`` (e.g.
     ``"gpu"``): one panel per stage, columns = values of that metadata key, rows = the other pair keys
     (model × GPU per stage). Red = the remote node is worse (for bandwidth and throughput: lower).
-    ``penalty`` may be the :class:`nsysan.NumaNotComparable` raised by ``numa_penalty`` (or its message):
-    the figure then states it instead of drawing an empty map."""
+    ``penalty`` is the :func:`nsysan.numa` result or its frame; a result without a frame (one NUMA node, no
+    pair), or the :class:`nsysan.analyses.numa.NumaNotComparable` that ``numa_penalty`` raises (or its message),
+    gives a figure that states why instead of an empty map."""
+    if isinstance(penalty, Result):
+        penalty = penalty.frame if not penalty.frame.is_empty() else " ".join(penalty.notes) or "no NUMA penalty"
     if not isinstance(penalty, pl.DataFrame) or penalty.is_empty():
         return _statement(penalty)
     wide = numa_heatmap(penalty, metric=metric, statistic=statistic, direction=direction)
