@@ -1,6 +1,8 @@
-"""Helpers several test modules share: running nsys stats live, and checking on processes."""
+"""Helpers several test modules share: running nsys stats live, checking on processes, NVTX ranges per process
+of an export, and the torch the distributed workloads need."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,3 +40,34 @@ def process_alive(pid: int) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def nvtx_ranges_by_pid(export: Path) -> dict[int, dict[str, int]]:
+    """Push/pop NVTX ranges of the default domain in an nsys SQLite export, counted per process and name.
+
+    Read with plain sqlite3, as nsys wrote them: the process id is bits 24-47 of globalTid."""
+    import sqlite3
+    from collections import Counter, defaultdict
+
+    query = """
+        SELECT (e.globalTid >> 24) & 0xFFFFFF AS pid, COALESCE(e.text, s.value) AS name
+        FROM NVTX_EVENTS AS e LEFT JOIN StringIds AS s ON s.id = e.textId
+        WHERE e.eventType = (SELECT id FROM ENUM_NSYS_EVENT_TYPE WHERE name = 'NvtxPushPopRange')
+          AND COALESCE(e.domainId, 0) = 0"""
+    counts: dict[int, Counter[str]] = defaultdict(Counter)
+    with sqlite3.connect(f"file:{export}?mode=ro", uri=True) as db:
+        for pid, name in db.execute(query):
+            counts[pid][name] += 1
+    return {pid: dict(c) for pid, c in counts.items()}
+
+
+def require_torch() -> None:
+    """The distributed workloads need torch: under CI a missing torch fails the test; elsewhere it skips."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        return
+    message = "torch not installed: run scripts/test (it installs torch==2.13.0, a CPU build)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message, allow_module_level=True)

@@ -61,8 +61,14 @@ def _stamp(jobs: list, base: datetime.datetime) -> str:
     return stamp + f"-{base.microsecond}"
 
 
+def _ids(values: list[int]) -> str:
+    return ",".join(map(str, values)) or "-"
+
+
 def plan_rows(study: Study, done: set[str]) -> list[dict[str, Any]]:
-    return [{"#": i, "name": r.name, "gpu": r.gpu, "numa": r.numa, "model": r.model, "variant": r.variant,
+    """One row per run; a distributed run's GPUs and NUMA nodes are its ranks' (``-``: CPU mode, unbound)."""
+    return [{"#": i, "name": r.name, "gpu": r.gpu if r.kind == "vit" else _ids(r.gpus),
+             "numa": r.numa if r.kind == "vit" else _ids(r.numa_nodes), "model": r.model, "variant": r.variant,
              "placement": r.placement, "numactl": "yes" if r.bind else "no", "batches": r.measured_batches,
              "action": f"skip: {r.skip}" if r.skip else "done (resume)" if r.name in done else "run"}
             for i, r in enumerate(study.runs, 1)]
@@ -134,7 +140,8 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
                               "(dry run: nothing written)"), nl=False)
             typer.echo("commands:")
             for r in study.runs:
-                typer.echo(f"  {r.name}: " + (f"(skipped) {r.skip}" if r.skip else shlex.join(r.command)))
+                # A skipped run's command too: on a machine without the GPUs it shows what would run there.
+                typer.echo(f"  {r.name}: " + (f"(skipped: {r.skip}) " if r.skip else "") + shlex.join(r.command))
         if fmt == "json":
             typer.echo(json.dumps({"dry_run": True, "nsys": nsys_info, "studies": out}, indent=1, default=str))
         return 0
@@ -179,13 +186,9 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
 
 
 def _check_workload(study: Study) -> None:
-    runs = [r for r in study.runs if not r.skip]
-    if not runs:
-        return
-    command = runs[0].command
-    script = Path(command[command.index("--model") - 1])
-    if not script.is_file():
-        raise NsysanError(f"workload not found: {script} (set workload.script=PATH)")
+    for script in dict.fromkeys(r.script for r in study.runs if not r.skip):
+        if not Path(script).is_file():
+            raise NsysanError(f"workload not found: {script} (set workload.script=PATH)")
 
 
 def run(
