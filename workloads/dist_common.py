@@ -263,6 +263,9 @@ def versions(nvtx: CountingNvtx) -> dict[str, Any]:
             out["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
         except Exception:
             pass
+        # fp32 speed depends on whether convolutions and matmuls may use TF32: record what was in force.
+        out["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        out["matmul_allow_tf32"] = torch.backends.cuda.matmul.allow_tf32
     return out
 
 

@@ -91,9 +91,9 @@ class Mlp:
     """One layer's weights on this rank: full (layer-wise) or a column/row slice (tensor-parallel)."""
 
     def __init__(self, torch: Any, hidden: int, ffn: int, device: Any, dtype: Any, gen: Any) -> None:
+        # Drawn where they live (``gen`` is on ``device``): GBs of fp32 on the host would take longer than the run.
         def weight(rows: int, cols: int) -> Any:
-            w = torch.randn(rows, cols, generator=gen) * (rows ** -0.5)
-            return w.to(device, dtype)
+            return (torch.randn(rows, cols, generator=gen, device=device) * (rows ** -0.5)).to(dtype)
 
         self.torch = torch
         self.norm_weight = torch.ones(hidden, device=device, dtype=dtype)
@@ -120,12 +120,13 @@ class Partitioned:
         self.layers = {}
         for k in self.owned:
             # Seeded per layer (and per slice in tensor mode): the weights do not depend on the run order.
-            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + k * 1009 + (me if cfg.mode == "tensor" else 0))
+            gen = torch.Generator(rank.device).manual_seed(
+                cfg.seed * 1_000_003 + k * 1009 + (me if cfg.mode == "tensor" else 0))
             self.layers[k] = Mlp(torch, cfg.hidden, width, rank.device, self.dtype, gen)
         shape = (cfg.batch_size, cfg.seq_len, cfg.hidden)
         needs_input = cfg.mode == "tensor" or me == 0
-        gen = torch.Generator().manual_seed(cfg.seed)
-        self.inputs = [torch.randn(shape, generator=gen).to(rank.device, self.dtype)
+        gen = torch.Generator(rank.device).manual_seed(cfg.seed)
+        self.inputs = [torch.randn(shape, generator=gen, device=rank.device).to(self.dtype)
                        for _ in range(INPUT_POOL if needs_input else 0)]
         self.recv_buffer = torch.empty(shape, device=rank.device, dtype=self.dtype)
         self.first, self.last = me == 0, me == world - 1

@@ -210,8 +210,9 @@ def run(
     Every combination of hardware.gpu_ids x hardware.numa_nodes x models x variants runs
     workloads/vit_pipeline.py under numactl and nsys profile; reports go to
     outputs/<experiment>/<date>/<time>/nsys_reports/pipeline_gpu{G}_numa{N}_vit{P}x{D}x{H}[_{variant}].nsys-rep.
-    Experiments: quick_test, numa_study, scaling_study, compile_study, resolution_study, pipeline_study
-    (docs/workloads.md). hardware=cpu runs without a GPU.
+    Experiments: quick_test, numa_study, scaling_study, compile_study, resolution_study, pipeline_study;
+    ddp_study and partition_study run workloads/ddp_train.py and partition.py under torchrun, one report per
+    grid combination (docs/workloads.md). hardware=cpu runs without a GPU.
 
     Example: nsysan run experiment=quick_test hardware=cpu test.num_samples=50 analyze=true
     """
