@@ -137,7 +137,7 @@ def test_partition_ranges_in_a_world_of_one(recorder, tmp_path, mode):
 
 def test_layer_blocks_are_contiguous_and_cover_every_layer():
     assert [list(part.layer_block(5, 2, r)) for r in range(2)] == [[0, 1, 2], [3, 4]]
-    assert [list(part.layer_block(16, 3, r)) for r in range(3)] == [list(range(0, 6)), list(range(6, 11)),
+    assert [list(part.layer_block(16, 3, r)) for r in range(3)] == [list(range(6)), list(range(6, 11)),
                                                                     list(range(11, 16))]
     assert [list(part.layer_block(2, 2, r)) for r in range(2)] == [[0], [1]]
 
@@ -189,12 +189,14 @@ def test_partition_world_checks_come_before_torch():
 def test_numa_bind_picks_the_local_ranks_node(monkeypatch, tmp_path):
     calls = []
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(numa_bind.os, "execv", lambda path, argv: calls.append((path, argv)))
+    monkeypatch.setattr(numa_bind.os, "execve", lambda path, argv, env: calls.append((path, argv, env)))
     monkeypatch.setattr(numa_bind.shutil, "which", lambda name: f"/usr/bin/{Path(name).name}")
     numa_bind.main(["--nodes", "0,3", "--numactl", "numactl", "--", "python", "x.py", "--a"])
-    assert calls == [("/usr/bin/numactl", ["/usr/bin/numactl", "--cpunodebind=3", "--membind=3", "python", "x.py",
-                                           "--a"])]
-    assert os.environ[numa_bind.BOUND_NODE_ENV] == "3"
+    ((path, argv, env),) = calls
+    assert (path, argv) == ("/usr/bin/numactl", ["/usr/bin/numactl", "--cpunodebind=3", "--membind=3", "python",
+                                                 "x.py", "--a"])
+    assert env[numa_bind.BOUND_NODE_ENV] == "3" and env["LOCAL_RANK"] == "1"
+    assert numa_bind.BOUND_NODE_ENV not in os.environ  # only the rank's environment says where it is bound
     monkeypatch.setenv("LOCAL_RANK", "2")
     with pytest.raises(SystemExit) as stop:
         numa_bind.main(["--nodes", "0,3", "--", "python"])

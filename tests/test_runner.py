@@ -18,9 +18,8 @@ from typer.testing import CliRunner
 
 from nsysan import cli_run
 from nsysan.cli import app as nsysan_app
-from nsysan.runner import dist
+from nsysan.runner import dist, process
 from nsysan.runner import machine as machine_mod
-from nsysan.runner import process
 from nsysan.runner.config import ConfigError, compose_jobs, experiments
 from nsysan.runner.machine import Gpu, Machine
 from nsysan.runner.plan import plan
@@ -387,9 +386,9 @@ def test_ddp_study_plan_on_two_gpus():
 def test_ddp_study_skips_what_this_machine_cannot_do():
     unknown = [Gpu(0, numa_node=None), Gpu(1, numa_node=None)]
     (study,) = plan(compose_jobs(["experiment=ddp_study"]), fake_machine(unknown), "nsys", "d/t")
-    reasons = {r.skip for r in study.runs}
-    assert reasons == {None, "NUMA binding per rank needs each GPU's NUMA node, unknown for GPU 0, 1 (sysfs): set "
-                             "hardware.rank_numa_nodes=[...]"}
+    unknown_nodes = ("NUMA binding per rank needs each GPU's NUMA node, unknown for GPU 0, 1 (sysfs): set "
+                     "hardware.rank_numa_nodes=[...]")
+    assert {r.skip for r in study.runs} == {None, unknown_nodes}
     assert all((r.skip is None) == (not r.bind) for r in study.runs)
     (study,) = plan(compose_jobs(["experiment=ddp_study"]), fake_machine(TWO_GPUS[:1]), "nsys", "d/t")
     assert {r.skip for r in study.runs} == {"GPU 1 does not exist here (GPUs: 0; from test)"}

@@ -213,9 +213,8 @@ class Trainer:
             images, labels = next(batches)
             images = images.to(self.rank.device, non_blocking=True).contiguous(memory_format=self.memory_format)
             labels = labels.to(self.rank.device, non_blocking=True)
-        with nvtx.range("forward"):
-            with self.autocast():
-                loss = self.loss_fn(self.model(images), labels)
+        with nvtx.range("forward"), self.autocast():
+            loss = self.loss_fn(self.model(images), labels)
         with nvtx.range("backward"):
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     numactl = shutil.which(args.numactl)
     if numactl is None:
         fail(f"{args.numactl}: not found (install numactl, or run without NUMA binding)")
-    os.environ[BOUND_NODE_ENV] = str(node)
-    os.execv(numactl, [numactl, f"--cpunodebind={node}", f"--membind={node}", *command])
+    os.execve(numactl, [numactl, f"--cpunodebind={node}", f"--membind={node}", *command],
+              {**os.environ, BOUND_NODE_ENV: str(node)})
 
 
 if __name__ == "__main__":

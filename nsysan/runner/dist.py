@@ -25,6 +25,8 @@ from nsysan.runner.config import ConfigError, Job, slug
 from nsysan.runner.machine import Machine
 
 LAUNCHER = "numa_bind.py"
+#: Set by the launcher for the rank it execs: the node the rank is bound to (the workloads record it).
+BOUND_NODE_ENV = "NSYSAN_BOUND_NUMA_NODE"
 
 
 @dataclass(frozen=True)

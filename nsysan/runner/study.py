@@ -21,6 +21,7 @@ from typing import Any
 
 from nsysan.errors import NsysanError
 from nsysan.runner import process
+from nsysan.runner.dist import BOUND_NODE_ENV
 from nsysan.runner.plan import PlannedRun, Study
 
 OK, FAILED, TIMEOUT, SKIPPED, INTERRUPTED, PENDING = "ok", "failed", "timeout", "skipped", "interrupted", "pending"
@@ -199,7 +200,8 @@ class Runner:
         rec = self.record(run, status=PENDING, reason=None, started=now(),
                           attempts=self.records[run.name]["attempts"] + 1)
         log.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Only numa_bind.py may say a rank is bound: a value inherited from here would be false.
+        env = {**{k: v for k, v in os.environ.items() if k != BOUND_NODE_ENV}, "PYTHONUNBUFFERED": "1"}
         try:
             outcome = process.run_logged(run.command, log, timeout=self.timeout(run), env=env)
         except OSError as e:
