@@ -24,6 +24,14 @@ def _nsys(env_var: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def torch_installed() -> None:
+    """torch (the distributed workloads need it): a missing torch fails under CI, skips elsewhere."""
+    from tests.support import require_torch
+
+    require_torch()
+
+
+@pytest.fixture(scope="session")
 def nsys() -> str:
     """nsys 2023.4 (or whatever NSYSAN_TEST_NSYS points to)."""
     return _nsys("NSYSAN_TEST_NSYS")

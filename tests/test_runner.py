@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from nsysan import host
 from nsysan.cli import app as nsysan_app
 from nsysan.cli import run as cli_run
 from nsysan.host import Gpu, Machine
+from nsysan.runner import dist
 from nsysan.runner.config import ConfigError, compose_jobs, experiments
 from nsysan.runner.plan import plan
 
@@ -58,9 +60,11 @@ def test_every_experiment_composes_to_its_study():
     for name in experiments():
         (job,) = compose_jobs([f"experiment={name}"])
         hw = job.cfg["hardware"]
-        sizes[name] = len(hw["gpu_ids"]) * len(hw["numa_nodes"]) * len(job.cfg["models"]) * len(job.cfg["variants"])
+        kind = dist.kind_of(job.cfg)
+        sizes[name] = (len(dist.combinations(job.cfg, kind)) if kind else
+                       len(hw["gpu_ids"]) * len(hw["numa_nodes"]) * len(job.cfg["models"]) * len(job.cfg["variants"]))
     assert sizes == {"quick_test": 3, "numa_study": 48, "scaling_study": 8, "compile_study": 8,
-                     "resolution_study": 8, "pipeline_study": 14}
+                     "resolution_study": 8, "pipeline_study": 14, "ddp_study": 24, "partition_study": 4}
 
 
 def test_overrides_and_the_experiment_prefix():
@@ -275,3 +279,289 @@ def test_timeout_is_recorded_and_stops_nsys_and_the_workload(nsys, tmp_path):
     time.sleep(0.5)
     left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert str(folder) not in left  # neither nsys nor the workload (both carry the study folder in their args)
+
+
+# -- distributed kinds: ddp_study and partition_study ----------------------------------------------------------
+
+WORKLOADS = Path(__file__).parents[1] / "workloads"
+TWO_GPUS = [Gpu(0, "H200", "0000:1b:00.0", numa_node=0), Gpu(1, "H200", "0000:9b:00.0", numa_node=1)]
+#: Two runs each (binding off/on; layer-wise/tensor), seconds apiece: the CPU sizes of on_hardware/*_cpu.yaml.
+DDP_CPU = ["experiment=ddp_study", "hardware=cpu", "grid.workers=[1]", "grid.precision=[fp32]"]
+PARTITION_CPU = ["experiment=partition_study", "hardware=cpu", "grid.hidden=[32]"]
+
+
+def _torchrun(world: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(world)]
+
+
+def test_ddp_study_plan_on_two_gpus():
+    (study,) = plan(compose_jobs(["experiment=ddp_study"]), fake_machine(TWO_GPUS), "nsys", "d/t")
+    names = [r.name for r in study.runs]
+    assert len(names) == 24 and names[:6] == [
+        "ddp_resnet18_w2_b256_fp32_workers0_nobind", "ddp_resnet18_w2_b256_fp32_workers0_bind",
+        "ddp_resnet18_w2_b256_fp16_workers0_nobind", "ddp_resnet18_w2_b256_fp16_workers0_bind",
+        "ddp_resnet18_w2_b256_bf16_workers0_nobind", "ddp_resnet18_w2_b256_bf16_workers0_bind"]
+    assert names[-1] == "ddp_resnet18_w2_b256_bf16_workers8_pf2_bind"
+    by_name = {r.name: r for r in study.runs}
+    bound = by_name["ddp_resnet18_w2_b256_bf16_workers4_pf2_bind"]
+    assert bound.command == [
+        "nsys", "profile", "-t", "cuda,nvtx,osrt", "-s", "none", "--cpuctxsw=none", "--force-overwrite", "true",
+        "-o", str(study.reports / bound.name), *_torchrun(2), "--no-python", sys.executable,
+        str(WORKLOADS / "numa_bind.py"), "--nodes", "0,1", "--numactl", "/usr/bin/numactl", "--", sys.executable,
+        str(WORKLOADS / "ddp_train.py"), "--device", "cuda", "--gpus", "0,1", "--model", "resnet18",
+        "--batch-size", "256", "--steps", "50", "--warmup-steps", "10", "--precision", "bf16", "--workers", "4",
+        "--prefetch-factor", "2", "--numa-binding", "--channels-last", "--lr", "0.1", "--seed", "0",
+        "--variant", "w2_b256_bf16_workers4_pf2_bind", "--out-meta", str(study.reports / f"{bound.name}.meta.json")]
+    assert (bound.skip, bound.placement, bound.bind, bound.gpus, bound.numa_nodes, bound.world_size,
+            bound.measured_batches) == (None, "local", True, [0, 1], [0, 1], 2, 50)
+    unbound = by_name["ddp_resnet18_w2_b256_bf16_workers4_pf2_nobind"]
+    assert unbound.command[11:18] == [*_torchrun(2), str(WORKLOADS / "ddp_train.py")]
+    assert "--no-numa-binding" in unbound.command and not [a for a in unbound.command if "numa_bind" in a
+                                                           or "numactl" in a]
+    assert unbound.placement == "unbound" and not unbound.bind
+    record = bound.to_dict()
+    assert (record["kind"], record["gpu"], record["numa"], record["settings"]["workers"]) == ("ddp", None, None, 4)
+    # The ranks' nodes from the configuration: rank 0 on node 1, rank 1 on node 0 (each GPU's remote node).
+    (study,) = plan(compose_jobs(["experiment=ddp_study", "hardware.rank_numa_nodes=[1,0]"]),
+                    fake_machine(TWO_GPUS), "nsys", "d/t")
+    swapped = next(r for r in study.runs if r.bind)
+    assert swapped.placement == "remote" and swapped.command[swapped.command.index("--nodes") + 1] == "1,0"
+
+
+def test_ddp_study_skips_what_this_machine_cannot_do():
+    unknown = [Gpu(0, numa_node=None), Gpu(1, numa_node=None)]
+    (study,) = plan(compose_jobs(["experiment=ddp_study"]), fake_machine(unknown), "nsys", "d/t")
+    unknown_nodes = ("NUMA binding per rank needs each GPU's NUMA node, unknown for GPU 0, 1 (sysfs): set "
+                     "hardware.rank_numa_nodes=[...]")
+    assert {r.skip for r in study.runs} == {None, unknown_nodes}
+    assert all((r.skip is None) == (not r.bind) for r in study.runs)
+    (study,) = plan(compose_jobs(["experiment=ddp_study"]), fake_machine(TWO_GPUS[:1]), "nsys", "d/t")
+    assert {r.skip for r in study.runs} == {"GPU 1 does not exist here (GPUs: 0; from test)"}
+    (study,) = plan(compose_jobs(["experiment=ddp_study", "hardware.gpu_ids=[0]"]), fake_machine(TWO_GPUS), "nsys",
+                    "d/t")
+    assert {r.skip for r in study.runs} == {None} and study.runs[0].name.startswith("ddp_resnet18_w1_")
+    (study,) = plan(compose_jobs(["experiment=ddp_study", "ddp.world_size=4"]), fake_machine(TWO_GPUS), "nsys", "d/t")
+    assert {r.skip for r in study.runs} == {"world size 4 needs 4 GPUs, hardware.gpu_ids has 2"}
+    (study,) = plan(compose_jobs(["experiment=ddp_study"]), Machine([0, 1], [0, 1], TWO_GPUS, "test", None), "nsys",
+                    "d/t")
+    no_numactl = "numactl is not installed: cannot bind each rank to its NUMA node"
+    assert {r.skip for r in study.runs if r.bind} == {no_numactl}
+    assert {r.skip for r in study.runs if not r.bind} == {None}
+
+
+def test_partition_study_plan_grid_and_sweeps():
+    (study,) = plan(compose_jobs(["experiment=partition_study"]), fake_machine(TWO_GPUS), "nsys", "d/t")
+    assert [r.name for r in study.runs] == [
+        f"partition_mlp16x{hidden}_{mode}_w2_b8_s512_bf16_nobind" for mode in ("layerwise", "tensor")
+        for hidden in (1024, 4096)]
+    tensor = study.runs[2]
+    tail = tensor.command[tensor.command.index("--device"):]
+    assert tensor.command[11:18] == [*_torchrun(2), str(WORKLOADS / "partition.py")]
+    assert tail == ["--device", "cuda", "--gpus", "0,1", "--mode", "tensor", "--layers", "16", "--hidden", "1024",
+                    "--ffn-multiplier", "4", "--batch-size", "8", "--seq-len", "512", "--batches", "50",
+                    "--warmup-batches", "10", "--precision", "bf16", "--no-numa-binding", "--seed", "0",
+                    "--variant", "tensor_w2_b8_s512_bf16_nobind",
+                    "--out-meta", str(study.reports / f"{tensor.name}.meta.json")]
+    # A world-size axis: 1 rank on GPU 0, 2 ranks on GPUs 0 and 1; a grid axis the name lacks becomes key-value.
+    (study,) = plan(compose_jobs(["experiment=partition_study", "grid.hidden=[1024]", "grid.mode=[tensor]",
+                                  "+grid.world_size=[1,2]", "+grid.batches=[5]"]), fake_machine(TWO_GPUS), "nsys",
+                    "d/t")
+    assert [(r.name, r.gpus, r.command[r.command.index("--nproc_per_node") + 1]) for r in study.runs] == [
+        ("partition_mlp16x1024_tensor_w1_b8_s512_bf16_nobind_batches-5", [0], "1"),
+        ("partition_mlp16x1024_tensor_w2_b8_s512_bf16_nobind_batches-5", [0, 1], "2")]
+    # Multirun: a swept setting that is in the name adds nothing; one that is not is appended.
+    jobs = compose_jobs(["experiment=partition_study", "grid.hidden=[1024]", "grid.mode=[tensor]",
+                         "partition.precision=fp16,bf16", "partition.seed=1,2"], multirun=True)
+    studies = plan(jobs, fake_machine(TWO_GPUS), "nsys", "d/t")
+    assert [r.name for r in studies[0].runs] == [
+        f"partition_mlp16x1024_tensor_w2_b8_s512_{p}_nobind_seed-{s}" for p in ("fp16", "bf16") for s in (1, 2)]
+    # Unlike ViT names, these do not show the GPUs: a sweep over GPU pairs is added.
+    jobs = compose_jobs(["experiment=partition_study", "grid.hidden=[1024]", "grid.mode=[tensor]",
+                         "hardware.gpu_ids=[0,1],[2,3]"], multirun=True)
+    (study,) = plan(jobs, fake_machine(TWO_GPUS), "nsys", "d/t")
+    assert [(r.name, r.gpus, r.skip) for r in study.runs] == [
+        ("partition_mlp16x1024_tensor_w2_b8_s512_bf16_nobind_gpu_ids-0-1", [0, 1], None),
+        ("partition_mlp16x1024_tensor_w2_b8_s512_bf16_nobind_gpu_ids-2-3", [2, 3],
+         "GPU 2 does not exist here (GPUs: 0, 1; from test)")]
+
+
+def test_last_error_reads_a_ranks_error_line_through_torchrun(tmp_path):
+    from nsysan.runner.study import last_error
+
+    log = tmp_path / "run.log"
+    log.write_text("$ nsys profile ... ddp_train.py --model x\n[rank1]: ddp_train: error: --model 'x': expected "
+                   "resnet18\nE1201 failed (exitcode: 2) local_rank: 1\ntorch.distributed.elastic.multiprocessing."
+                   "errors.ChildFailedError: \n")
+    assert last_error(log) == "ddp_train: error: --model 'x': expected resnet18"
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["experiment=ddp_study", "+grid.bogus=[1]"], "grid.bogus: not a ddp setting"),
+    (["experiment=ddp_study", "ddp.precision=fp8"], "ddp.precision must be one of fp32, fp16, bf16"),
+    (["experiment=ddp_study", "grid.workers=[-1]"], "grid.workers value must be >= 0"),
+    (["experiment=ddp_study", "grid.workers=[]"], "grid.workers is empty"),
+    (["experiment=ddp_study", "+ddp.extra=1"], "ddp: unknown setting(s) extra"),
+    (["experiment=ddp_study", "ddp.numa_binding=1"], "ddp.numa_binding must be bool"),
+    (["experiment=ddp_study", "ddp.lr=0"], "ddp.lr must be positive"),
+    (["experiment=ddp_study", "hardware.nproc=0"], "hardware.nproc must be a positive integer"),
+    (["experiment=partition_study", "grid.mode=[ring]"], "grid.mode value must be one of layerwise, tensor"),
+    (["experiment=partition_study", "hardware.rank_numa_nodes=[a]"], "hardware.rank_numa_nodes must be null"),
+    (["workload.kind=mpi"], "workload.kind must be one of vit, ddp, partition"),
+    (["workload.kind=ddp"], "workload.kind=ddp needs a mapping ddp:"),
+])
+def test_distributed_config_errors(overrides, words):
+    with pytest.raises(ConfigError) as error:
+        compose_jobs(overrides)
+    assert words in str(error.value)
+
+
+def test_dry_run_shows_the_torchrun_and_numactl_commands(monkeypatch, tmp_path):
+    """On a 2-GPU machine (as detected), the plan prints each run's exact command; nothing is written."""
+    import shlex
+
+    monkeypatch.setattr(host, "discover", lambda **_: fake_machine(TWO_GPUS))
+    out = tmp_path / "out"
+    args = ["experiment=ddp_study", f"output_dir={out}", "nsys.path=/nonexistent/nsys"]  # printed as `nsys`
+    result = nsysan_run(*args, "--dry-run")
+    assert result.exit_code == 0, result.output
+    commands = [shlex.split(line.split(": ", 1)[1]) for line in result.stdout.splitlines()
+                if line.startswith("  ddp_")]
+    study_dir = Path(commands[0][commands[0].index("-o") + 1]).parents[1]
+    stamp = study_dir.relative_to(out / "ddp_study").as_posix()
+    (study,) = plan(compose_jobs(args), fake_machine(TWO_GPUS), "nsys", stamp)
+    assert commands == [r.command for r in study.runs] and len(commands) == 24
+    assert sum("/usr/bin/numactl" in c for c in commands) == 12
+    assert re.search(r"^\s*\d+\s+ddp_resnet18_w2_b256_fp16_workers2_pf2_bind\s", result.stdout, re.M)  # the table
+    assert not out.exists()
+
+
+def _study_dir(out: Path, experiment: str) -> Path:
+    (date,) = (out / experiment).iterdir()
+    (folder,) = date.iterdir()
+    return folder
+
+
+def _lost_by_nsys(folder: Path) -> list[dict]:
+    """Runs whose capture nsys itself lost (see tests.support.captured_nvtx): failed with nsys's own words in the
+    log, or ok with an export (when there is one) that holds no NVTX range at all."""
+    from tests.support import NSYS_SESSION_LOST, captured_nvtx
+
+    lost = []
+    for record in json.loads((folder / "results.json").read_text())["runs"]:
+        log = Path(record["log"]).read_text(errors="replace") if Path(record["log"]).is_file() else ""
+        export = Path(record["report"]).with_suffix(".sqlite") if record["report"] else None
+        if (record["status"] == "failed" and any(words in log for words in NSYS_SESSION_LOST)) or (
+                record["status"] == "ok" and export and export.is_file() and not captured_nvtx(export)):
+            lost.append(record)
+    return lost
+
+
+def _distributed_study(out: Path, experiment: str, *args: str):
+    """``nsysan run ARGS`` into ``out``; runs that nsys lost run once more through ``--resume``."""
+    result = nsysan_run(*args, f"output_dir={out}")
+    folder = _study_dir(out, experiment)
+    lost = _lost_by_nsys(folder)
+    for record in lost:
+        if record["report"]:
+            Path(record["report"]).unlink(missing_ok=True)  # an ok run without its report runs again
+    if lost:
+        result = nsysan_run("--resume", str(folder))
+    return result, folder
+
+
+def _check_ranks_captured(folder: Path) -> list[dict]:
+    """Every ok run: the export (analyze=true made it) holds, per pid, exactly the ranges each rank reported."""
+    from tests.support import nvtx_ranges_by_pid
+
+    metas = []
+    for record in json.loads((folder / "results.json").read_text())["runs"]:
+        assert record["status"] == "ok", record
+        meta = json.loads(Path(record["sidecar"]).read_text())
+        export = Path(record["report"]).with_suffix(".sqlite")
+        expected = {r["pid"]: r["nvtx_ranges"] for r in meta["ranks"]}
+        assert len(expected) == 2 and nvtx_ranges_by_pid(export) == expected, record["name"]
+        assert meta["run"]["name"] == record["name"] and meta["run"]["world_size"] == 2
+        assert meta["samples_per_s"] == record["samples_per_s"] > 0
+        metas.append(meta)
+    return metas
+
+
+@pytest.fixture(scope="module")
+def ddp_cpu_study(nsys, torch_installed, tmp_path_factory):
+    return _distributed_study(tmp_path_factory.mktemp("ddp"), "ddp_study", *DDP_CPU, f"nsys.path={nsys}",
+                              "analyze=true")
+
+
+def test_ddp_study_cpu_end_to_end(ddp_cpu_study):
+    result, folder = ddp_cpu_study
+    assert result.exit_code == 0, result.output
+    binds = ("nobind", "bind") if host.discover(gpus=False).numactl else ("nobind",)
+    names = [f"ddp_wrn10-1_w2_b8_fp32_workers1_pf2_{b}" for b in binds]
+    reports = folder / "nsys_reports"
+    assert sorted(p.name for p in reports.glob("*.nsys-rep")) == sorted(f"{n}.nsys-rep" for n in names)
+    assert sorted(p.name for p in reports.glob("*.meta.json")) == sorted(f"{n}.meta.json" for n in names)
+    per_rank = {"warmup_0": 1, "step_1": 1, "step_2": 1, "step_3": 1, "data": 4, "forward": 4, "backward": 4,
+                "optimizer": 4}
+    for meta in _check_ranks_captured(folder):
+        assert [r["nvtx_ranges"] for r in meta["ranks"]] == [per_rank, per_rank]
+        bound = meta["numa_binding"]
+        assert meta["run"]["name"].endswith("_bind" if bound else "_nobind")
+        assert (meta["workload"], meta["world_size"], meta["batch_size"], meta["workers"], meta["precision"]) == (
+            "ddp", 2, 8, 1, "fp32")
+        assert [r["bound_numa_node"] for r in meta["ranks"]] == ([0, 0] if bound else [None, None])
+        assert meta["run"]["rank_numa_nodes"] == ([0, 0] if bound else []) and meta["run"]["numactl"] == bound
+        if bound:
+            assert all(r["binding"]["mems"] == [0] for r in meta["ranks"])
+    summary = json.loads((folder / "experiment_summary.json").read_text())
+    assert summary["counts"]["ok"] == len(names) and summary["success_rate_pct"] == 100.0
+    assert summary["models"] == ["wrn10-1"] and summary["gpus"] == []
+    assert summary["analysis"]["export"]["failed"] == 0
+    assert "step_*" in result.stdout and (folder / "latency_by_model.csv").is_file()
+
+
+def test_ddp_study_resume_skips_finished_runs(ddp_cpu_study):
+    _, folder = ddp_cpu_study
+    result = nsysan_run("--resume", str(folder))
+    assert result.exit_code == 0, result.output
+    done = len(list((folder / "nsys_reports").glob("*.nsys-rep")))
+    assert f"0 to run, {done} done before" in result.stderr
+
+
+def test_partition_study_cpu_end_to_end(nsys, torch_installed, tmp_path):
+    result, folder = _distributed_study(tmp_path, "partition_study", *PARTITION_CPU, f"nsys.path={nsys}",
+                                        "analyze=true")
+    assert result.exit_code == 0, result.output
+    metas = {m["mode"]: m for m in _check_ranks_captured(folder)}
+    outer = {"warmup_0": 1, "batch_1": 1, "batch_2": 1, "batch_3": 1, "batch_4": 1}
+    assert [r["nvtx_ranges"] for r in metas["layerwise"]["ranks"]] == [
+        {**outer, "layer_0": 5, "layer_1": 5, "send": 5}, {**outer, "recv": 5, "layer_2": 5, "layer_3": 5}]
+    assert [r["nvtx_ranges"] for r in metas["tensor"]["ranks"]] == [
+        {**outer, **{f"layer_{k}": 5 for k in range(4)}, "allreduce": 20}] * 2
+    for mode, meta in metas.items():
+        assert meta["run"]["name"] == f"partition_mlp4x32_{mode}_w2_b2_s16_bf16_nobind"
+        assert (meta["layers"], meta["hidden"], meta["seq_len"], meta["batch_size"]) == (4, 32, 16, 2)
+    assert sorted(p.name for p in (folder / "nsys_reports").glob("*.nsys-rep")) == [
+        "partition_mlp4x32_layerwise_w2_b2_s16_bf16_nobind.nsys-rep",
+        "partition_mlp4x32_tensor_w2_b2_s16_bf16_nobind.nsys-rep"]
+
+
+def test_distributed_failure_is_isolated_with_the_workloads_reason(nsys, torch_installed, tmp_path):
+    result, folder = _distributed_study(tmp_path, "partition_study", *PARTITION_CPU, "grid.mode=[layerwise]",
+                                        "partition.layers=1", f"nsys.path={nsys}")
+    assert result.exit_code == 1, result.output
+    (record,) = json.loads((folder / "results.json").read_text())["runs"]
+    assert record["status"] == "failed"
+    assert "partition: error: --layers 1: layer-wise over 2 ranks needs at least one layer per rank" in record["reason"]
+    assert not list((folder / "nsys_reports").iterdir())
+    assert (folder / "logs" / f"{record['name']}.log").is_file()
+
+
+def test_distributed_timeout_stops_torchrun_and_every_rank(nsys, torch_installed, tmp_path):
+    result, folder = _distributed_study(tmp_path, "ddp_study", *DDP_CPU, "grid.numa_binding=[false]",
+                                        "ddp.steps=100000", "timeout_s=12", f"nsys.path={nsys}")
+    assert result.exit_code == 1, result.output
+    (record,) = json.loads((folder / "results.json").read_text())["runs"]
+    assert record["status"] == "timeout" and "timed out after 12 s" in record["reason"]
+    time.sleep(0.5)
+    left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(folder) not in left  # nsys, torchrun and both ranks carry the study folder in their arguments

@@ -180,8 +180,8 @@ class Nvtx:
                 from importlib.metadata import version
 
                 if tuple(int(x) for x in version("nvtx").split(".")[:3]) >= (0, 2, 12):
-                    print("vit_pipeline: warning: nvtx >= 0.2.12: nsys 2022.4/2023.4 drop its ranges (use nvtx<0.2.12)",
-                          file=sys.stderr)
+                    print(f"{Path(sys.argv[0]).stem or 'vit_pipeline'}: warning: nvtx >= 0.2.12: nsys 2022.4/2023.4 "
+                          "drop its ranges (use nvtx<0.2.12)", file=sys.stderr)
 
     @contextlib.contextmanager
     def range(self, name: str) -> Iterator[None]:
@@ -598,13 +598,18 @@ def numa_node_of(bus_id: str, root: str = "/sys/bus/pci/devices") -> int | None:
 def gpu_info(backend: Any) -> dict[str, Any] | None:
     if not isinstance(backend, TorchBackend) or not backend.cuda:
         return None
-    torch = backend.torch
-    props = torch.cuda.get_device_properties(backend.device)
+    return cuda_device_info(backend.torch, backend.device, backend.cfg.gpu)
+
+
+def cuda_device_info(torch: Any, device: Any, index: int) -> dict[str, Any]:
+    """Name, PCI bus id, UUID, memory, capability, driver and NUMA node of one CUDA device (torch's ``device``,
+    recorded as ``index``); the distributed workloads record one per rank."""
+    props = torch.cuda.get_device_properties(device)
     bus = None
     if all(hasattr(props, a) for a in ("pci_domain_id", "pci_bus_id", "pci_device_id")):
         bus = f"{props.pci_domain_id:04x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
     uuid = str(getattr(props, "uuid", "") or "") or None
-    info = {"index": backend.cfg.gpu, "name": props.name, "bus_id": bus, "uuid": uuid,
+    info = {"index": index, "name": props.name, "bus_id": bus, "uuid": uuid,
             "memory_mib": props.total_memory // 2**20, "capability": f"{props.major}.{props.minor}", "driver": None}
     # nvidia-smi adds the driver, and the bus id where torch does not give it: matched by bus id or UUID
     # (nvidia-smi's and CUDA's device numbering may differ).

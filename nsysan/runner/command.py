@@ -51,8 +51,14 @@ def _stamp(jobs: list, base: datetime.datetime) -> str:
     return stamp + f"-{base.microsecond}"
 
 
+def _ids(values: list[int]) -> str:
+    return ",".join(map(str, values)) or "-"
+
+
 def plan_rows(study: Study, done: set[str]) -> list[dict[str, Any]]:
-    return [{"#": i, "name": r.name, "gpu": r.gpu, "numa": r.numa, "model": r.model, "variant": r.variant,
+    """One row per run; a distributed run's GPUs and NUMA nodes are its ranks' (``-``: CPU mode, unbound)."""
+    return [{"#": i, "name": r.name, "gpu": r.gpu if r.kind == "vit" else _ids(r.gpus),
+             "numa": r.numa if r.kind == "vit" else _ids(r.numa_nodes), "model": r.model, "variant": r.variant,
              "placement": r.placement, "numactl": "yes" if r.bind else "no", "batches": r.measured_batches,
              "action": f"skip: {r.skip}" if r.skip else "done (resume)" if r.name in done else "run"}
             for i, r in enumerate(study.runs, 1)]
@@ -124,7 +130,8 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
                               "(dry run: nothing written)"), nl=False)
             typer.echo("commands:")
             for r in study.runs:
-                typer.echo(f"  {r.name}: " + (f"(skipped) {r.skip}" if r.skip else shlex.join(r.command)))
+                # A skipped run's command too: on a machine without the GPUs it shows what would run there.
+                typer.echo(f"  {r.name}: " + (f"(skipped: {r.skip}) " if r.skip else "") + shlex.join(r.command))
         if fmt == "json":
             typer.echo(json.dumps({"dry_run": True, "nsys": nsys_info, "studies": out}, indent=1, default=str))
         return 0
@@ -170,13 +177,9 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
 
 
 def _check_workload(study: Study) -> None:
-    runs = [r for r in study.runs if not r.skip]
-    if not runs:
-        return
-    command = runs[0].command
-    script = Path(command[command.index("--model") - 1])
-    if not script.is_file():
-        raise NsysanError(f"workload not found: {script} (set workload.script=PATH)")
+    for script in dict.fromkeys(r.script for r in study.runs if not r.skip):
+        if not Path(script).is_file():
+            raise NsysanError(f"workload not found: {script} (set workload.script=PATH)")
 
 
 def run(
@@ -198,8 +201,9 @@ def run(
     Every combination of hardware.gpu_ids x hardware.numa_nodes x models x variants runs the workload
     (`workloads/vit_pipeline.py`) under numactl and nsys profile; reports go to
     `outputs/<experiment>/<date>/<time>/nsys_reports/pipeline_gpu{G}_numa{N}_vit{P}x{D}x{H}[_{variant}].nsys-rep`.
-    Experiments: quick_test, numa_study, scaling_study, compile_study, resolution_study, pipeline_study
-    (docs/workloads.md). hardware=cpu runs without a GPU.
+    Experiments: quick_test, numa_study, scaling_study, compile_study, resolution_study, pipeline_study;
+    ddp_study and partition_study run `workloads/ddp_train.py` and `partition.py` under torchrun, one report
+    per grid combination (docs/workloads.md). hardware=cpu runs without a GPU.
 
     Example: nsysan run experiment=quick_test hardware=cpu test.num_samples=50 analyze=true
     """

@@ -54,12 +54,15 @@ class Job:
     @property
     def tag(self) -> str | None:
         """The swept values that distinguish this job's reports: ``compile_model-true`` (None when none)."""
-        parts = [f"{key.rsplit('.', 1)[-1]}-{_slug(value)}" for key, value in self.swept.items()
-                 if not any(key == k or key.startswith(k + ".") for k in NOT_IN_VARIANT)]
+        from nsysan.runner.dist import keys_in_name
+
+        in_name = keys_in_name(self.cfg) or NOT_IN_VARIANT
+        parts = [f"{key.rsplit('.', 1)[-1]}-{slug(value)}" for key, value in self.swept.items()
+                 if not any(key == k or key.startswith(k + ".") for k in in_name)]
         return "_".join(parts) or None
 
 
-def _slug(value: str) -> str:
+def slug(value: str) -> str:
     value = {"True": "true", "False": "false"}.get(value, value)
     return re.sub(r"[^A-Za-z0-9.+-]+", "-", value).strip("-") or "x"
 
@@ -206,6 +209,13 @@ def check(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"{key} must be a mapping")
     if cfg["workload"].get("backend") not in ("auto", "torch", "numpy"):
         raise ConfigError("workload.backend must be auto, torch or numpy")
+    from nsysan.runner import dist
+
+    kind = cfg["workload"].setdefault("kind", "vit")
+    if kind != "vit" and kind not in dist.KINDS:
+        raise ConfigError(f"workload.kind must be one of vit, {', '.join(dist.KINDS)}, not {kind!r}")
+    if kind in dist.KINDS:
+        dist.check(cfg, dist.KINDS[kind])
     for key in ("nsys", "workload"):
         extra = cfg[key].get("extra_args") or []
         if not isinstance(extra, list) or not all(isinstance(a, (str, int, float)) for a in extra):

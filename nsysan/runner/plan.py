@@ -1,5 +1,6 @@
 """The plan of a study: every run (GPU x NUMA node x model x variant, per job), whether it can run here and why
 not, and the command that runs it: ``numactl --cpunodebind=N --membind=N nsys profile ... python vit_pipeline.py``.
+Experiments of a distributed kind (``workload.kind`` ddp or partition) are planned by :mod:`nsysan.runner.dist`.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nsysan.host import Machine
+from nsysan.runner import dist
 from nsysan.runner.config import ConfigError, Job
 
 REPORT_PREFIX = "pipeline"
@@ -19,27 +21,44 @@ WORKLOAD_FLAGS = ("num_samples", "batch_size", "warmup_batches", "resolution", "
 
 @dataclass
 class PlannedRun:
+    """One run. ViT runs have one ``gpu`` and ``numa`` node and their ``test`` settings; distributed runs
+    (``kind`` ddp/partition) have ``world_size`` ranks on ``gpus`` (none in CPU mode), bound per rank to
+    ``numa_nodes`` (empty: unbound), and their kind's settings in ``test``."""
+
     name: str
     job: int
-    gpu: int
-    numa: int
+    gpu: int | None
+    numa: int | None
     model: str
     variant: str | None
     test: dict[str, Any]
     skip: str | None = None          # why it cannot run here (None: it runs)
     placement: str = "n/a"           # local | remote | unknown (the GPU's node vs the bound node) | n/a (CPU)
-    bind: bool = False               # bound with numactl
+    bind: bool = False               # bound with numactl (distributed: each rank)
     command: list[str] = field(default_factory=list)
+    kind: str = "vit"
+    world_size: int = 1
+    gpus: list[int] = field(default_factory=list)
+    numa_nodes: list[int] = field(default_factory=list)
+    iterations: int | None = None    # distributed: measured steps or batches
+    script: str = ""
 
     @property
     def measured_batches(self) -> int:
+        if self.iterations is not None:
+            return self.iterations
         return -(-self.test["num_samples"] // self.test["batch_size"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "job": self.job, "gpu": self.gpu, "numa": self.numa, "model": self.model,
-                "variant": self.variant, "placement": self.placement, "bind": self.bind,
-                "measured_batches": self.measured_batches, "test": self.test, "skip": self.skip,
-                "command": self.command}
+        out = {"name": self.name, "job": self.job, "gpu": self.gpu, "numa": self.numa, "model": self.model,
+               "variant": self.variant, "placement": self.placement, "bind": self.bind,
+               "measured_batches": self.measured_batches, "test": self.test, "skip": self.skip,
+               "command": self.command}
+        if self.kind != "vit":
+            out = {"kind": self.kind, **out, "world_size": self.world_size, "gpus": self.gpus,
+                   "numa_nodes": self.numa_nodes}
+            out["settings"] = out.pop("test")
+        return out
 
 
 @dataclass
@@ -133,18 +152,22 @@ def command(run: PlannedRun, cfg: dict[str, Any], machine: Machine, reports: Pat
     argv = [machine.numactl, f"--cpunodebind={run.numa}", f"--membind={run.numa}"] if run.bind else []
     argv += [nsys, "profile", "-t", trace, *cfg["nsys"]["extra_args"], "--force-overwrite", "true",
              "-o", str(reports / run.name)]
-    script = cfg["workload"]["script"] or str(default_script())
-    argv += [cfg["workload"]["python"] or sys.executable, script, *workload_args(run, cfg),
+    run.script = cfg["workload"]["script"] or str(default_script())
+    argv += [cfg["workload"]["python"] or sys.executable, run.script, *workload_args(run, cfg),
              "--out-meta", str(reports / f"{run.name}.meta.json")]
     return [str(a) for a in argv]
 
 
 def notes_for(machine: Machine, device: str, runs: list[PlannedRun]) -> list[str]:
     notes = []
-    if len(machine.numa_nodes) == 1:
+    vit = [r for r in runs if r.kind == "vit"]
+    if len(machine.numa_nodes) == 1 and vit:
         notes.append(f"remote placement could not be tested: this machine has one NUMA node ({machine.numa_nodes[0]}),"
                      " so every run's CPUs and memory are on the same node")
-    if machine.numactl is None and any(r.skip is None for r in runs):
+    if len(machine.numa_nodes) == 1 and any(r.bind and r.world_size > 1 for r in runs):
+        notes.append(f"one NUMA node ({machine.numa_nodes[0]}): binding each rank to its own node put every rank on "
+                     "the same node, so the runs with and without binding differ only in numactl")
+    if machine.numactl is None and any(r.skip is None for r in vit):
         notes.append("numactl is not installed: runs were not bound to a NUMA node"
                      + (" (one node: binding would change nothing)" if len(machine.numa_nodes) == 1 else ""))
     if device == "cuda" and machine.gpus and all(g.numa_node is None for g in machine.gpus):
@@ -173,6 +196,9 @@ def plan(jobs: list[Job], machine: Machine, nsys: str, stamp: str) -> list[Study
             studies[job.experiment] = Study(job.experiment, [], [], machine, [], study_dir(cfg, stamp))
         study = studies[job.experiment]
         study.jobs.append(job)
+        if dist.kind_of(cfg) is not None:
+            study.runs.extend(dist.plan_job(job, machine, nsys, study.reports))
+            continue
         for gpu in hw["gpu_ids"]:
             for numa in hw["numa_nodes"]:
                 skip, bind = skip_reason(machine, hw["device"], gpu, numa, hw["numactl"])

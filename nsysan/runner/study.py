@@ -21,10 +21,13 @@ from typing import Any
 
 from nsysan import host
 from nsysan.errors import NsysanError
+from nsysan.runner.dist import BOUND_NODE_ENV
 from nsysan.runner.plan import PlannedRun, Study
 
 OK, FAILED, TIMEOUT, SKIPPED, INTERRUPTED, PENDING = "ok", "failed", "timeout", "skipped", "interrupted", "pending"
 RESULTS, SUMMARY = "results.json", "experiment_summary.json"
+#: The one-line error of a workload (or of the per-rank NUMA launcher) that could not run as configured.
+WORKLOAD_ERROR = r"^(vit_pipeline|ddp_train|partition|numa_bind): error: "
 Message = Callable[[str], None]
 
 
@@ -59,7 +62,8 @@ def last_error(log: Path) -> str:
     lines = [" ".join(line.split()) for line in re.split(r"[\r\n]+", text)]
     lines = [line for line in lines if line and not line.startswith("$ ")
              and not re.match(r"^(Generated:|Generating '|\[\d+/\d+\] \[|/\S+\.(nsys-rep|qdstrm|sqlite)$)", line)]
-    for pattern in (r"^vit_pipeline: error: ", r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b[^:]*:",
+    lines = [re.sub(r"^\[(default)?rank\d+\]:\s*", "", line) for line in lines]  # torchrun's per-rank prefix
+    for pattern in (WORKLOAD_ERROR, r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b[^:]*:",
                     r"^[A-Za-z_][\w.]*(Error|Exception)$"):
         hits = [line for line in lines if re.match(pattern, line)]
         if hits:
@@ -190,7 +194,8 @@ class Runner:
         rec = self.record(run, status=PENDING, reason=None, started=now(),
                           attempts=self.records[run.name]["attempts"] + 1)
         log.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Only numa_bind.py may say a rank is bound: a value inherited from here would be false.
+        env = {**{k: v for k, v in os.environ.items() if k != BOUND_NODE_ENV}, "PYTHONUNBUFFERED": "1"}
         try:
             outcome = host.run(run.command, log=log, timeout=self.timeout(run), env=env, grace=host.GRACE_S)
         except OSError as e:
@@ -234,6 +239,8 @@ class Runner:
                        "overrides": job.overrides, "swept": job.swept, "numactl": run.bind,
                        "placement": run.placement, "command": run.command, "nsys": self.nsys,
                        "timeout_s": self.timeout(run), "seconds": round(seconds, 3), "study_dir": str(self.study.dir)}
+        if run.kind != "vit":
+            meta["run"].update(kind=run.kind, world_size=run.world_size, gpus=run.gpus, rank_numa_nodes=run.numa_nodes)
         write_json(sidecar, meta)
         return meta
 
@@ -256,7 +263,7 @@ class Runner:
         counts["resumed"] = sum(r["resumed"] for r in runs)
         runnable = len(runs) - counts[SKIPPED]
         machine = self.study.machine
-        nodes_ok = sorted({r["numa"] for r in runs if r["status"] == OK})
+        nodes_ok = sorted({n for r in runs if r["status"] == OK for n in _nodes(r)})
         return {
             "experiment": self.study.experiment, "study_dir": str(self.study.dir), "created": self.created,
             "finished": now(), "interrupted": self.interrupted, "counts": counts,
@@ -264,7 +271,8 @@ class Runner:
             "remote_placement_tested": len(machine.numa_nodes) > 1 and len(nodes_ok) > 1,
             "notes": self.study.notes,
             "models": list(dict.fromkeys(r["model"] for r in runs)),
-            "gpus": sorted({r["gpu"] for r in runs}), "numa_nodes": sorted({r["numa"] for r in runs}),
+            "gpus": sorted({g for r in runs for g in _gpus(r)}),
+            "numa_nodes": sorted({n for r in runs for n in _nodes(r)}),
             "variants": list(dict.fromkeys(r["variant"] for r in runs)),
             "skipped": [{"name": r["name"], "reason": r["reason"]} for r in runs if r["status"] == SKIPPED],
             "failures": [{"name": r["name"], "status": r["status"], "reason": r["reason"], "log": r["log"]}
@@ -272,3 +280,13 @@ class Runner:
             "samples_per_s": {r["name"]: r["samples_per_s"] for r in runs if r["status"] == OK},
             "machine": machine.to_dict(), "nsys": self.nsys,
         }
+
+
+def _gpus(record: dict[str, Any]) -> list[int]:
+    """The GPUs of a run record: ViT's one ``gpu``, a distributed run's ``gpus`` (none in CPU mode)."""
+    return record["gpus"] if "gpus" in record else [record["gpu"]]
+
+
+def _nodes(record: dict[str, Any]) -> list[int]:
+    """The NUMA nodes a run was bound to (a distributed run's per-rank nodes; none when unbound)."""
+    return record["numa_nodes"] if "numa_nodes" in record else [record["numa"]]
