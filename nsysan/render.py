@@ -114,6 +114,7 @@ class _Column:
     name: str
     cells: list[str]
     numeric: bool
+    whole: bool = False  # never shortened (names the reader must copy, like a run's)
 
     def width(self) -> int:
         cell = max((len(c) for c in self.cells), default=0)
@@ -131,14 +132,15 @@ def table(frame: pl.DataFrame, *, title: str = "", columns: Sequence[str] | None
 
 
 def rows_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, title: str = "", width: int = 100,
-               drop_first: Sequence[str] = ()) -> str:
-    """:func:`table` of plain rows (dicts), for callers without polars (the experiment runner)."""
+               drop_first: Sequence[str] = (), whole: Sequence[str] = ()) -> str:
+    """:func:`table` of plain rows (dicts), for callers without polars (the experiment runner); ``whole``
+    columns are never shortened."""
     def numeric(name: str) -> bool:
         values = [r.get(name) for r in rows if r.get(name) is not None]
         return bool(values) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
-    return _render([_Column(name, [_cell(r.get(name)) for r in rows], numeric(name)) for name in columns], title, width,
-                   drop_first)
+    return _render([_Column(name, [_cell(r.get(name)) for r in rows], numeric(name), name in whole)
+                    for name in columns], title, width, drop_first)
 
 
 def _render(cols: list[_Column], title: str, width: int, drop_first: Sequence[str] = ()) -> str:
@@ -193,7 +195,8 @@ def _shrunk(chosen: list[_Column], width: int, floor: int) -> dict[str, int] | N
         return None
     widths = {c.name: c.width() for c in chosen}
     over = sum(widths.values()) + _SEPARATOR * (len(chosen) - 1) - width
-    for c in sorted((c for c in chosen if not c.numeric and widths[c.name] > floor), key=lambda c: -widths[c.name]):
+    for c in sorted((c for c in chosen if not c.numeric and not c.whole and widths[c.name] > floor),
+                    key=lambda c: -widths[c.name]):
         if over <= 0:
             break
         cut = min(over, widths[c.name] - floor)

@@ -22,7 +22,7 @@ PLAN_COLUMNS = ("#", "name", "gpu", "numa", "model", "variant", "placement", "nu
 RESULT_COLUMNS = ("name", "status", "seconds", "samples_per_s", "reason")
 FLAG_OVERRIDES = ("resume=", "dry_run=", "+resume=", "+dry_run=")
 #: Left out first when a table does not fit the terminal (the name, status and reason stay).
-OPTIONAL_COLUMNS = ("batches", "numactl", "placement", "gpu", "numa", "samples_per_s")
+OPTIONAL_COLUMNS = ("variant", "model", "batches", "numactl", "placement", "gpu", "numa", "samples_per_s")
 
 
 def message(text: str) -> None:
@@ -32,7 +32,7 @@ def message(text: str) -> None:
 def _table(rows: list[dict[str, Any]], columns: tuple[str, ...], title: str) -> str:
     from nsysan.render import rows_table, terminal_width
 
-    return rows_table(rows, columns, title=title, width=terminal_width(), drop_first=OPTIONAL_COLUMNS)
+    return rows_table(rows, columns, title=title, width=terminal_width(), drop_first=OPTIONAL_COLUMNS, whole=("name",))
 
 
 def _saved_argv(folder: Path) -> tuple[list[str], bool] | None:
