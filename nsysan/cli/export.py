@@ -18,7 +18,7 @@ import typer
 from nsysan.cli import views
 from nsysan.cli.options import FormatOpt, Output, message, user_errors
 from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USER_ERROR, NsysanError
-from nsysan.render import emit, infer_format, terminal_width, write_atomic
+from nsysan.render import emit, infer_format, rows_table, terminal_width, write_atomic
 
 if TYPE_CHECKING:
     from nsysan.exporter import ExportItem
@@ -105,8 +105,16 @@ def export(
             message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
         for item in result.failed:
             message(f"nsysan: {item.line()}")
-        frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
-        emit(frame, chosen, output, **shape)
+        if chosen == "table":  # without polars: the exporter runs where only the runner's packages are
+            rows = [{**item.to_dict(), "outputs": ", ".join(map(str, item.outputs.values()))} for item in result.items]
+            text = rows_table(rows, views.EXPORT.columns, title=views.EXPORT.title,
+                              width=terminal_width() if output is None else 200)
+            if output is None:
+                typer.echo(text, nl=False)
+            else:
+                write_atomic(output, text.encode())
+        else:
+            emit(result.to_frame(), chosen, output)
         if summary is not None:
             write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
         counts = result.counts
