@@ -413,8 +413,10 @@ class _Batch:
             raise ReportError(f"cannot create {output.parent}: {e.strerror or e}") from None
         temp = self.new_temporary(output)
         try:
-            args = [self.tool.path, "export", "--type", NSYS_TYPE[kind], "--quiet", "true", "--force-overwrite",
-                    "true", "--output", temp, report]
+            # NCCL's NVTX payloads (ranks, message sizes) are exported only as JSON, and only when asked for.
+            payloads = ["--include-json", "true"] if self.tool.exports_json_payloads else []
+            args = [self.tool.path, "export", "--type", NSYS_TYPE[kind], *payloads, "--quiet", "true",
+                    "--force-overwrite", "true", "--output", temp, report]
             try:
                 done = run(args, timeout=self.timeout, cancel=self.cancel)
             except OSError as e:

@@ -90,7 +90,13 @@ class Nsys:
 
     def export_types(self) -> tuple[str, ...]:
         """The ``nsys export --type`` values this nsys accepts (from its help text)."""
-        return _export_types(str(self.path))
+        return parse_export_types(_export_help(str(self.path)))
+
+    @property
+    def exports_json_payloads(self) -> bool:
+        """Whether ``nsys export`` takes ``--include-json`` (2025.1+): with it, NVTX extended payloads such as
+        NCCL's (each rank's rank, each collective's message size) are exported as JSON in ``NVTX_EVENTS``."""
+        return "--include-json" in _export_help(str(self.path))
 
     @property
     def supports_parquetdir(self) -> bool:
@@ -120,7 +126,7 @@ class Candidate:
 
 
 _VERSION_CACHE: dict[tuple[str, int], NsysVersion | str] = {}
-_HELP_CACHE: dict[str, tuple[str, ...]] = {}
+_HELP_CACHE: dict[str, str] = {}
 
 
 def probe(path: Path) -> NsysVersion:
@@ -166,10 +172,10 @@ def parse_export_types(help_text: str) -> tuple[str, ...]:
     return tuple(t for t in KNOWN_EXPORT_TYPES if re.search(rf"\b{t}\b", help_text))
 
 
-def _export_types(path: str) -> tuple[str, ...]:
+def _export_help(path: str) -> str:
     if path not in _HELP_CACHE:
         done = run([path, "export", "--help"], timeout=VERSION_TIMEOUT_S)
-        _HELP_CACHE[path] = parse_export_types(done.stdout + "\n" + done.stderr)
+        _HELP_CACHE[path] = done.stdout + "\n" + done.stderr
     return _HELP_CACHE[path]
 
 

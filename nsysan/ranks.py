@@ -61,11 +61,14 @@ def processes(report: Report) -> pl.DataFrame:
 
 
 def sidecar_ranks(path: Path) -> dict[int, int]:
-    """The ``ranks`` mapping ``{pid: rank}`` of the report's sidecar; {} when there is none or it is not one
+    """The ranks the report's sidecar records: ``"ranks"`` as a list of ``{"rank": r, "pid": p, ...}`` (what
+    nsysan's distributed workloads write) or a mapping ``{pid: rank}``; {} when there is none or it is neither
     (the sidecar's other fields are checked where run metadata is read)."""
     try:
-        data = json.loads(sidecar_path(path).read_text())
-        return {int(pid): int(rank) for pid, rank in data["ranks"].items()}
+        recorded = json.loads(sidecar_path(path).read_text())["ranks"]
+        if isinstance(recorded, list):
+            return {int(entry["pid"]): int(entry["rank"]) for entry in recorded}
+        return {int(pid): int(rank) for pid, rank in recorded.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 

@@ -23,6 +23,8 @@ RAW_TABLES: dict[str, dict[str, str]] = {
     "NVTX_EVENTS": {
         "start": "BIGINT", "end": "BIGINT", "eventType": "INTEGER", "text": "VARCHAR", "textId": "BIGINT",
         "domainId": "BIGINT", "globalTid": "BIGINT", "endGlobalTid": "BIGINT",
+        # NVTX extended payloads as JSON (nsys export --include-json): NCCL's ranks and message sizes.
+        "jsonText": "VARCHAR", "jsonTextId": "BIGINT",
     },
     "StringIds": {"id": "BIGINT", "value": "VARCHAR"},
     "CUPTI_ACTIVITY_KIND_KERNEL": {

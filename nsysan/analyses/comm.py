@@ -58,10 +58,10 @@ def steps(report: Report, select: Selection = DEFAULT) -> pl.DataFrame:
 @derived
 def kernels_by_step(report: Report, select: Selection = DEFAULT) -> pl.DataFrame:
     """Every kernel outside warm-up steps: ``pid``, ``device_id``, ``stream_id``, ``start_ns``, ``end_ns``,
-    ``collective`` (null for compute), ``step`` (null outside every step)."""
+    ``collective`` (null for compute), ``step`` (null outside every step), ``global_pid``, ``correlation_id``."""
     report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="communication analysis")
     kernels = report.frame("SELECT start_ns, end_ns, device_id, stream_id, (global_pid >> 24) & 16777215 AS pid, "
-                           "coalesce(short_name, name) AS kernel FROM kernels").with_columns(
+                           "global_pid, correlation_id, coalesce(short_name, name) AS kernel FROM kernels").with_columns(
         pl.col("pid").cast(pl.Int64), collective=nccl.collective(pl.col("kernel"))).drop("kernel")
     spans = steps(report, select=select)
     placed = (kernels.sort("start_ns")
@@ -73,7 +73,7 @@ def kernels_by_step(report: Report, select: Selection = DEFAULT) -> pl.DataFrame
     placed = placed.with_columns(step=pl.when(pl.col("inside")).then(pl.col("step")),
                                  warmup=pl.col("inside") & pl.col("warmup").fill_null(False))
     return placed.filter(~pl.col("warmup")).select("pid", "device_id", "stream_id", "start_ns", "end_ns",
-                                                    "collective", "step")
+                                                    "collective", "step", "global_pid", "correlation_id")
 
 
 # -- communication and its overlap with compute -------------------------------------------------------------------
@@ -184,7 +184,9 @@ def collective_calls(report: Report, *, select: Selection = DEFAULT, message_byt
 
 
 def _matched(kernels: pl.DataFrame, report: Report, message_bytes: MessageBytes) -> pl.DataFrame:
-    kernels = kernels.filter(pl.col("collective").is_not_null())
+    kernels = (kernels.filter(pl.col("collective").is_not_null())
+               .join(nccl.message_sizes(report).rename({"message_bytes": "_recorded"}),
+                     on=["global_pid", "correlation_id"], how="left"))
     rank_of = dict(ranks.processes(report).select("pid", "rank").iter_rows())
     first_use = kernels.group_by("pid", "stream_id").agg(pl.col("start_ns").min().alias("_first"))
     kernels = (kernels.join(first_use, on=["pid", "stream_id"])
@@ -203,7 +205,9 @@ def _matched(kernels: pl.DataFrame, report: Report, message_bytes: MessageBytes)
         late_ns=pl.col("start_ns") - pl.col("_first_start"),
         wait_ns=(pl.col("_last_start") - pl.col("start_ns")).clip(0, pl.col("end_ns") - pl.col("start_ns")),
         last=(pl.col("start_ns") == pl.col("_last_start")) & (pl.col("ranks") > 1),
-        message_bytes=_message_bytes(pl.col("collective"), message_bytes),
+        # NCCL's own record of the size first; the caller's for calls it did not record.
+        message_bytes=pl.coalesce(pl.col("_recorded").max().over("_lane", "_k"),
+                                  _message_bytes(pl.col("collective"), message_bytes)),
     )
     transfer = pl.col("_last_end") - pl.col("_last_start")
     algbw = pl.when(transfer > 0).then(pl.col("message_bytes") / transfer)
