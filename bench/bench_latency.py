@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     names = [f"nsysan_{m}" for m in (("cold", "warm") if args.mode == "both" else (args.mode,))] + ["nsys"]
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(args.runs):
+        if args.wait_quiet and not measure.wait_quiet(args.wait_quiet):
+            print(f"round {i + 1}: machine not quiet after {args.wait_quiet:g} s; measuring anyway", flush=True)
         for mode, r in measure.nsysan_rounds(nsysan_cmd, args.mode, before_cold, log=logs / "nsysan.log",
                                              env=env, **kw).items():
             runs[f"nsysan_{mode}"].append(r)
@@ -107,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"file: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
     print(f"{'tool':12s} {'wall s (median)':>16s} {'cpu s (user+sys)':>17s} {'cpu %':>6s} {'peak tree RSS MiB':>18s} "
-          f"{'ru_maxrss MiB':>14s}")
+          f"{'ru_maxrss MiB':>14s} {'others (cores)':>15s}")
     for name in names:
         s = summary[name]
         print(f"{name:12s} {s['wall_s']:16.2f} {s['cpu_s']:17.2f} {s['cpu_util'] * 100:6.0f} "
-              f"{s['peak_tree_rss_mb']:18.0f} {s['ru_maxrss_mb']:14.0f}")
+              f"{s['peak_tree_rss_mb']:18.0f} {s['ru_maxrss_mb']:14.0f} {s['others_util']:15.2f}")
     for name, r in ratios.items():
         g = goal[name]
         print(f"ratio {name.removeprefix('nsysan_'):6s} {r['wall_s']:16.3f} {r['cpu_s']:17.3f} {'':6s} "

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [*nsysan, "latency", str(path), *extra, "--format", "csv", "-o", str(out_csv)]
         by_mode: dict[str, list[dict]] = {}
         for i in range(args.runs):
+            if args.wait_quiet:
+                measure.wait_quiet(args.wait_quiet)
             for mode, r in measure.nsysan_rounds(cmd, args.mode, before_cold, log=work / f"nsysan_x{s:g}.log",
                                                  env=env, **kw).items():
                 by_mode.setdefault(mode, []).append(r)
@@ -95,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             prefix = work / f"nsys_x{s:g}"
             ncmd = [nsys, "stats", "-r", "nvtx_gpu_proj_sum", "--format", "csv", "--force-overwrite", "true",
                     "-o", str(prefix), str(path)]
+            if args.wait_quiet:
+                measure.wait_quiet(args.wait_quiet)
             r = measure.run(ncmd, log=work / f"nsys_x{s:g}.log", **kw)
             print(f"{s:g}x nsys stats        {measure.fmt(r)}" + (f"  STOPPED ({r['killed']})" if r["killed"] else ""),
                   flush=True)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"nsysan latency {shlex.join(extra)}; rows = kernels + NVTX ranges; medians of {args.runs}")
     print(f"{'scale':>5s} {'mode':4s} {'kernels':>10s} {'ranges':>10s} {'MiB file':>8s} | {'wall s':>8s} {'cpu%':>5s} "
-          f"{'peak MiB':>8s} | {'us/row':>7s} {'B/row':>6s} {'incr B/row':>10s} | {'nsys s':>7s} {'nsys MiB':>8s} "
+          f"{'peak MiB':>8s} {'others':>6s} | {'us/row':>7s} {'cpu us/row':>10s} {'B/row':>6s} {'incr B/row':>10s} | {'nsys s':>7s} {'nsys MiB':>8s} "
           f"{'ratio':>6s} | note")
     base_row = {}
     ok = True
@@ -119,9 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             incr = ((m["peak_tree_rss_mb"] - first[1]["peak_tree_rss_mb"]) * 2**20 / (n - first[0])
                     if n > first[0] else None)
             m["us_per_row"] = m["wall_s"] * 1e6 / n
+            m["cpu_us_per_row"] = m["cpu_s"] * 1e6 / n
             m["bytes_per_row"] = m["peak_tree_rss_mb"] * 2**20 / n
             m["incremental_bytes_per_row"] = incr
-            m["time_growth_vs_smallest"] = (m["us_per_row"] / (first[1]["wall_s"] * 1e6 / first[0]))
+            m["time_growth_vs_smallest"] = m["us_per_row"] / (first[1]["wall_s"] * 1e6 / first[0])
+            m["cpu_growth_vs_smallest"] = m["cpu_us_per_row"] / (first[1]["cpu_s"] * 1e6 / first[0])
             ns = row.get("nsys")
             note = []
             if m["killed"]:
@@ -138,13 +144,14 @@ def main(argv: list[str] | None = None) -> int:
             ratio_s = "" if ratio is None else f"{ratio:.2f}"
             print(f"{row['scale']:5g} {mode:4s} {row['rows'][make_scale_report.KERNEL]:10d} "
                   f"{row['rows'][make_scale_report.NVTX]:10d} {row['file_mb']:8d} | {m['wall_s']:8.1f} "
-                  f"{m['cpu_util'] * 100:5.0f} {m['peak_tree_rss_mb']:8.0f} | {m['us_per_row']:7.2f} "
+                  f"{m['cpu_util'] * 100:5.0f} {m['peak_tree_rss_mb']:8.0f} {m['others_util']:6.2f} | {m['us_per_row']:7.2f} {m['cpu_us_per_row']:10.2f} "
                   f"{m['bytes_per_row']:6.0f} {incr_s:>10s} | {ns_wall:>7s} {ns_rss:>8s} {ratio_s:>6s} | "
                   f"{'; '.join(note)}")
-    growth = {mode: round([r for r in rows if mode in r["nsysan"]][-1]["nsysan"][mode]["time_growth_vs_smallest"], 2)
-              for mode in base_row}
-    print("time per row at the largest scale / at the smallest: "
-          + ", ".join(f"{mode} {g}x" for mode, g in growth.items()) + " (1.0 = perfectly linear)")
+    growth = {mode: {k: round([r for r in rows if mode in r["nsysan"]][-1]["nsysan"][mode][f"{k}_growth_vs_smallest"], 2)
+                     for k in ("time", "cpu")} for mode in base_row}
+    print("cost per row at the largest scale / at the smallest (1.0 = perfectly linear): "
+          + ", ".join(f"{mode}: wall {g['time']}x, cpu {g['cpu']}x" for mode, g in growth.items())
+          + "; wall is the one other load distorts")
     for row in rows:
         if row.get("agreement") and not row["agreement"]["agree"]:
             print(checks.describe(f"{row['scale']:g}x latency", row["agreement"]))

@@ -27,6 +27,8 @@ also fails if either tool leaves files in the sweep folder.
     python bench/bench_sweep.py                          # builds bench/out/sweep_100 if missing
     python bench/bench_sweep.py --analyses latency --runs 5 --mode both
     python bench/bench_sweep.py --nsysan "python -m nsysan" --nsysan-args "--jobs 2"
+    python bench/bench_sweep.py --tag jobs1 --nsysan-args "--jobs 1"
+    python bench/bench_sweep.py --tag jobs2 --nsysan-args "--jobs 2" --same-as jobs1
 """
 from __future__ import annotations
 
@@ -65,6 +67,17 @@ MANIFEST_KEYS = ("model", "variant", "gpu", "numa")
 
 def snapshot(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def same_rows(ours: Path, theirs: Path) -> dict:
+    """Whether two runs wrote the same rows (order aside: parallel runs may emit groups in another order)."""
+    if not theirs.exists():
+        return {"identical": False, "reason": f"{theirs} missing"}
+    a, b = checks.read_csv(ours), checks.read_csv(theirs)
+    key = lambda rows: sorted(tuple(sorted(r.items())) for r in rows)  # noqa: E731
+    ka, kb = key(a), key(b)
+    return {"identical": ka == kb, "rows": len(a), "other_rows": len(b),
+            "rows_only_here": len(set(ka) - set(kb)), "rows_only_there": len(set(kb) - set(ka))}
 
 
 def groups_for(manifest: dict, sweep: Path, by: list[str], outputs: Path, report: str) -> checks.Groups | None:
@@ -113,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--analyses", default=",".join(ANALYSES),
                         help=f"comma-separated, from {', '.join(ANALYSES)} (default all)")
     parser.add_argument("--by", default="model", help="nsysan --by (default model)")
+    parser.add_argument("--tag", default="", help="keep this run's outputs in bench/out/sweep/<tag>/ and its JSON "
+                        "as sweep_<tag>_*.json (e.g. jobs1, jobs2)")
+    parser.add_argument("--same-as", metavar="TAG", help="also require nsysan's outputs to equal those of the run "
+                        "tagged TAG (rows compared as sets), e.g. --jobs 2 against --jobs 1")
     measure.add_common_args(parser)
     measure.add_nsysan_args(parser)
     args = parser.parse_args(argv)
@@ -131,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown analyses: {', '.join(unknown)}")
     refs_run = sorted({ANALYSES[a][1] for a in analyses}, key=list(REFERENCES).index)
     by = [k for k in args.by.split(",") if k]
-    work = measure.OUT / "sweep"
+    work = measure.OUT / "sweep" / args.tag if args.tag else measure.OUT / "sweep"
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     nsysan = measure.nsysan_command(args.nsysan)
@@ -166,13 +183,21 @@ def main(argv: list[str] | None = None) -> int:
             seen.update(new)
 
     runs: dict[str, list[dict]] = {}
+    not_quiet = []
+
+    def wait() -> None:
+        if args.wait_quiet and not measure.wait_quiet(args.wait_quiet):
+            not_quiet.append(len(sum(runs.values(), [])))
+
     for i in range(args.runs):
         for ref in refs_run:
+            wait()
             r = measure.run_loop(ref_cmds[ref], log=logs / f"nsys_{ref}.log", **kw)
             note_leftovers(f"nsys {ref}")
             runs.setdefault(f"nsys:{ref}", []).append(r)
             print(f"round {i + 1}/{args.runs} nsys loop {ref:5s}        {measure.fmt(r)}", flush=True)
         for a in analyses:
+            wait()
             for mode, r in measure.nsysan_rounds(cmds[a], args.mode, before_cold, log=logs / f"nsysan_{a}.log",
                                                  env=env, **kw).items():
                 runs.setdefault(f"nsysan:{a}:{mode}", []).append(r)
@@ -195,18 +220,28 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"sweep: {sweep} ({len(files)} reports), --by {args.by or '(none)'} {shlex.join(extra)}; "
           f"medians of {args.runs}; cpu % = (user+sys)/wall, 200 % = both cores")
-    print(f"{'analysis':13s} {'mode':4s} {'nsysan s':>9s} {'cpu%':>5s} {'MiB':>5s} | {'nsys loop':>22s} "
-          f"{'s':>6s} {'cpu%':>5s} {'MiB':>4s} | {'ratio':>6s} {'goal':>5s}")
+    print("others = cores used by other processes during the runs (median); above ~0.1 the machine was not quiet "
+          "and wall ratios are unreliable; the CPU-seconds ratio (user+sys) is less disturbed by other load")
+    print(f"{'analysis':13s} {'mode':4s} {'nsysan s':>9s} {'cpu%':>5s} {'MiB':>5s} {'others':>6s} | {'nsys loop':>22s} "
+          f"{'s':>6s} {'cpu%':>5s} {'MiB':>4s} {'others':>6s} | {'ratio':>6s} {'goal':>5s} {'':7s} {'cpu-s ratio':>11s}")
     for row in rows:
         o, t = row["nsysan"], row["nsys_loop"]
         print(f"{row['analysis']:13s} {row['mode']:4s} {o['wall_s']:9.2f} {o['cpu_util'] * 100:5.0f} "
-              f"{o['peak_tree_rss_mb']:5.0f} | {row['reference'][:22]:>22s} {t['wall_s']:6.2f} "
-              f"{t['cpu_util'] * 100:5.0f} {t['peak_tree_rss_mb']:4.0f} | {row['ratio']['wall_s']:6.2f} "
-              f"{'<=' + str(row['goal_wall_ratio_max']):>5s} {'met' if row['met'] else 'NOT met'}")
+              f"{o['peak_tree_rss_mb']:5.0f} {o['others_util']:6.2f} | {row['reference'][:22]:>22s} {t['wall_s']:6.2f} "
+              f"{t['cpu_util'] * 100:5.0f} {t['peak_tree_rss_mb']:4.0f} {t['others_util']:6.2f} | "
+              f"{row['ratio']['wall_s']:6.2f} {'<=' + str(row['goal_wall_ratio_max']):>5s} "
+              f"{'met' if row['met'] else 'NOT met':7s} {row['ratio']['cpu_s']:11.2f}")
     ok = True
     for a, c in agreement.items():
         print(checks.describe(a, c))
         ok = ok and (c is None or c["agree"])
+    same = {}
+    if args.same_as:
+        for a in analyses:
+            same[a] = same_rows(work / f"{a}.csv", measure.OUT / "sweep" / args.same_as / f"{a}.csv")
+            print(f"{a}: {'identical to' if same[a]['identical'] else 'DIFFERS from'} the run tagged "
+                  f"{args.same_as}" + ("" if same[a]["identical"] else f" ({same[a]})"))
+            ok = ok and same[a]["identical"]
     for tool, new in left_behind.items():
         print(f"FAIL: {tool} left {len(new)} file(s) in the sweep folder, e.g. {new[:3]}")
         ok = False
@@ -215,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
               "nsysan_env": env, "mode": args.mode, "before_cold": before_cold, "runs_per_command": args.runs,
               "commands": {**{a: c for a, c in cmds.items()}, **{f"nsys:{r}": c[0] for r, c in ref_cmds.items()}},
               "summary": rows, "median": summary, "agreement": agreement, "left_behind": left_behind,
+              "wait_quiet_s": args.wait_quiet, "not_quiet_before_command_index": not_quiet,
               "runs": runs, **measure.context(nsys), "quiet": quiet}
-    print(f"wrote {measure.write_result('sweep', result, args.json)}")
+    result["same_as"] = {"tag": args.same_as, "analyses": same} if args.same_as else None
+    prefix = f"sweep_{args.tag}" if args.tag else "sweep"
+    print(f"wrote {measure.write_result(prefix, result, args.json)}")
     return 0 if ok else 1
 
 

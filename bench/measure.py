@@ -8,10 +8,14 @@ another, like a shell loop over files), so all figures mean the same thing:
   ``rusage`` that ``wait4`` returns. ``cpu_util`` = cpu_s / wall_s: 1.0 is one core busy, 2.0 both cores of
   the 2-core CI machine ("both cores busy" is visible as a number close to ``os.cpu_count()``).
 * ``peak_tree_rss_mb``: the largest sum of resident memory of the process and all its descendants,
-  sampled from /proc every ``sample_s``; this sees memory held by several worker processes at once.
+  sampled from /proc every ``sample_s`` (descendants looked for every RESCAN samples); this sees memory
+  held by several worker processes at once.
   ``ru_maxrss_mb`` (from wait4) is exact but only the largest single process of the tree.
 * ``sampler_cpu_s``: CPU spent by our own sampling thread (a /proc scan costs ~2 ms here), reported so
   that its share of a 2-core machine is known rather than guessed.
+* ``others_util``: CPU that *other* processes used during the run, in cores (busy time of the whole
+  machine from /proc/stat, less the command's and the sampler's), so a run disturbed by other load is
+  visible in its own record; on 2 cores anything above ~0.1 distorts wall times.
 
 Nothing here depends on a machine-specific timing tool: only /proc, ``os.wait4`` and the standard library.
 Results are plain dicts so they go straight into the JSON files that :func:`write_result` writes to
@@ -39,11 +43,13 @@ ROOT = HERE.parent
 OUT = HERE / "out"
 PAGE = os.sysconf("SC_PAGE_SIZE")
 #: Keys of a measurement that are summarised (median) and compared (ratio) across tools.
-KEYS = ("wall_s", "cpu_s", "cpu_util", "peak_tree_rss_mb", "ru_maxrss_mb")
+KEYS = ("wall_s", "cpu_s", "cpu_util", "peak_tree_rss_mb", "ru_maxrss_mb", "others_util")
 #: How the benches call nsysan unless told otherwise: only through its command line, never its modules,
 #: because its internals are being restructured. Run from the repository root, ``-m`` puts the checkout
 #: first on sys.path, so the checked-out nsysan wins over any installed one.
 DEFAULT_NSYSAN = [sys.executable, "-m", "nsysan.cli"]
+#: Samples between scans of /proc for new descendants (a child is seen within RESCAN x sample_s).
+RESCAN = 5
 NSYS_CANDIDATES = (Path.home() / ".cache/nsysan/nsys-trixie/target-linux-x64/nsys",)
 
 
@@ -80,19 +86,39 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants right now."""
+def tree_pids(root: int) -> list[int]:
+    """``root`` and all its descendants right now (one scan of /proc)."""
     children = _children_map()
-    total, todo = 0, [root]
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
+        pids.append(pid)
         todo.extend(children.get(pid, ()))
+    return pids
+
+
+def rss(pids: Iterable[int]) -> int:
+    """Resident bytes of these processes (those that have exited count 0)."""
+    total = 0
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/statm", "rb") as f:
                 total += int(f.read().split()[1]) * PAGE
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants right now."""
+    return rss(tree_pids(root))
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- running -------------------------------------------------------------------------------------------
@@ -106,6 +132,7 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
     ``killed`` then says why, and ``check`` does not raise."""
     out = log.open("wb") if log else subprocess.DEVNULL
     try:
+        busy0 = _machine_busy_s()
         t0 = time.perf_counter()
         # Own session: the process group can be stopped as a whole (it holds only what we started).
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True,
@@ -116,11 +143,17 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
         def sample() -> None:
             nonlocal peak, sampler_cpu, killed
             c0 = time.thread_time()
+            pids, n = [proc.pid], 0
             while not done.is_set():
-                rss = tree_rss(proc.pid)
-                peak = max(peak, rss)
+                # The full /proc scan that finds descendants is the expensive part (~2 ms with 100
+                # processes): done every RESCAN-th sample; the known tree's RSS is read every sample.
+                if n % RESCAN == 0:
+                    pids = tree_pids(proc.pid)
+                n += 1
+                now = rss(pids)
+                peak = max(peak, now)
                 why = ("timeout" if timeout_s and time.perf_counter() - t0 > timeout_s else
-                       "rss_limit" if rss_limit_mb and rss > rss_limit_mb * 2**20 else None)
+                       "rss_limit" if rss_limit_mb and now > rss_limit_mb * 2**20 else None)
                 if why and not killed:
                     killed = why
                     try:
@@ -136,6 +169,7 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
         # reaped: the only portable source of per-command CPU without an external timing tool.
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
+        busy = _machine_busy_s() - busy0
         done.set()
         sampler.join()
         proc.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -147,7 +181,8 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
     cpu = usage.ru_utime + usage.ru_stime
     return {"wall_s": wall, "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_s": cpu,
             "cpu_util": cpu / wall if wall else 0.0, "peak_tree_rss_mb": peak / 2**20,
-            "ru_maxrss_mb": usage.ru_maxrss / 1024, "sampler_cpu_s": sampler_cpu, "rc": rc, "killed": killed}
+            "ru_maxrss_mb": usage.ru_maxrss / 1024, "sampler_cpu_s": sampler_cpu,
+            "others_util": max(0.0, busy - cpu - sampler_cpu) / wall if wall else 0.0, "rc": rc, "killed": killed}
 
 
 def run_loop(cmds: Iterable[Sequence[str]], *, log: Path | None = None, **kw) -> dict:
@@ -159,6 +194,7 @@ def run_loop(cmds: Iterable[Sequence[str]], *, log: Path | None = None, **kw) ->
     parts = [run(cmd, log=log, **kw) for cmd in cmds]
     wall = time.perf_counter() - t0
     total = {k: sum(p[k] for p in parts) for k in ("user_s", "sys_s", "cpu_s", "sampler_cpu_s")}
+    total["others_util"] = sum(p["others_util"] * p["wall_s"] for p in parts) / wall if wall else 0.0
     return {"wall_s": wall, **total, "cpu_util": total["cpu_s"] / wall if wall else 0.0,
             "peak_tree_rss_mb": max(p["peak_tree_rss_mb"] for p in parts),
             "ru_maxrss_mb": max(p["ru_maxrss_mb"] for p in parts), "commands": len(parts),
@@ -190,7 +226,7 @@ def ratio(a: dict, b: dict, keys: Iterable[str] = ("wall_s", "cpu_s", "peak_tree
 def fmt(r: dict) -> str:
     """One line for a measurement: wall, CPU use, peak memory."""
     return (f"{r['wall_s']:8.2f} s  cpu {r['cpu_s']:7.2f} s ({r['cpu_util'] * 100:4.0f} %)  "
-            f"tree RSS {r['peak_tree_rss_mb']:7.0f} MiB")
+            f"tree RSS {r['peak_tree_rss_mb']:7.0f} MiB  others {r['others_util']:.2f} cores")
 
 
 def nsysan_rounds(cmd: Sequence[str], mode: str, before_cold: Sequence[str] | None = None,
@@ -242,6 +278,17 @@ def busy_processes(exclude: int | None = None, seconds: float = 1.0) -> list[str
             if share > 0.2:
                 busy.append(f"pid {pid} ({name}): {share * 100:.0f}% of a core")
     return busy
+
+
+def wait_quiet(max_wait_s: float, window_s: float = 2.0) -> bool:
+    """Wait (at most ``max_wait_s``) until no other process is busy for ``window_s``: on a shared 2-core
+    machine other jobs come and go, and a round measured during one is worth little."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        if not busy_processes(seconds=window_s):
+            return True
+        if time.monotonic() > deadline:
+            return False
 
 
 def warn_if_busy() -> dict:
@@ -303,6 +350,8 @@ def add_common_args(parser, runs: int = 3) -> None:
     parser.add_argument("--sample-ms", type=float, default=20.0, help="RSS sampling period (default 20)")
     parser.add_argument("--json", type=Path, help="result file (default bench/out/<bench>_<time>.json and "
                         "<bench>_latest.json)")
+    parser.add_argument("--wait-quiet", type=float, default=0, metavar="SECONDS",
+                        help="before each round wait up to this long for other processes to go idle (default 0)")
 
 
 def add_nsysan_args(parser) -> None:
