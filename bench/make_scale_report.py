@@ -103,9 +103,10 @@ class Source:
 
 
 def generate(con: sqlite3.Connection, src: Source, kernels: int, ranges: int, ops: int, warmup: int,
-             chunk: int) -> dict:
+             chunk: int, gap: int | None = None) -> dict:
     """Insert the timeline (see module doc); returns row counts and the time span."""
     per_batch = 2 * ops + 4
+    gap = SIBLING_GAP_NS if gap is None else gap
     batches = max(1, ranges // per_batch)
     nvtx_end = src.cols[NVTX].index("end")
     kq = f"INSERT INTO {KERNEL} VALUES ({','.join('?' * len(src.cols[KERNEL]))})"
@@ -144,7 +145,7 @@ def generate(con: sqlite3.Connection, src: Source, kernels: int, ranges: int, op
         buf[MEMCPY].append(copy)
         t = call[1] + 200
         h2d[nvtx_end] = t
-        t += SIBLING_GAP_NS
+        t += gap
         op_index = 0
         for phase in ("forward", "backward"):
             pass_row = src.nvtx_row(phase, t)
@@ -172,10 +173,10 @@ def generate(con: sqlite3.Connection, src: Source, kernels: int, ranges: int, op
                 made += n
                 t += 300
                 op[nvtx_end] = t
-                t += SIBLING_GAP_NS
+                t += gap
             t += 300
             pass_row[nvtx_end] = t
-            t += SIBLING_GAP_NS
+            t += gap
         # cudaStreamSynchronize: the CPU waits for the GPU to drain before the next batch.
         corr += 1
         sync_end = max(t + 1_000, gpu_free + 1_000)
@@ -191,7 +192,7 @@ def generate(con: sqlite3.Connection, src: Source, kernels: int, ranges: int, op
 
 
 def build(output: Path, kernels: int, ranges: int, source: Path = DEFAULT_SOURCE, ops: int = 20,
-          warmup: int = 3, chunk: int = 200_000) -> dict:
+          warmup: int = 3, chunk: int = 200_000, gap: int | None = None) -> dict:
     started = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
@@ -212,7 +213,7 @@ def build(output: Path, kernels: int, ranges: int, source: Path = DEFAULT_SOURCE
                 if name not in GENERATED:
                     con.execute(f'INSERT INTO main."{name}" SELECT * FROM src."{name}"')
             src = Source(con)
-            info = generate(con, src, kernels, ranges, ops, warmup, chunk)
+            info = generate(con, src, kernels, ranges, ops, warmup, chunk, gap)
             names = {r[0] for r in tables}
             if "ANALYSIS_DETAILS" in names:
                 con.execute("UPDATE ANALYSIS_DETAILS SET stopTime = ?, duration = ? - startTime",
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=20, help="op ranges per forward / backward pass (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="batches named warmup_i (default 3)")
     parser.add_argument("--chunk", type=int, default=200_000, help="rows buffered before each insert")
+    parser.add_argument("--sibling-gap-ns", type=int, help=f"CPU time between sibling ranges (default "
+                        f"{SIBLING_GAP_NS}; 0 makes siblings touch, see SIBLING_GAP_NS)")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="export to take schema and rows from")
     parser.add_argument("-o", "--output", type=Path, help="default bench/out/scale/synthetic_k<K>_r<R>.sqlite")
     parser.add_argument("--force", action="store_true", help="rebuild even if the output exists")
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         free = shutil.disk_usage(output.parent if output.parent.exists() else HERE).free
         if need > free:
             raise SystemExit(f"need ~{need / 2**30:.1f} GiB free for {output}, have {free / 2**30:.1f} GiB")
-        info = build(output, kernels, ranges, args.source, args.ops, args.warmup, args.chunk)
+        info = build(output, kernels, ranges, args.source, args.ops, args.warmup, args.chunk, args.sibling_gap_ns)
         print(f"wrote {output}: {info['bytes'] / 2**20:.0f} MiB in {info['seconds']} s "
               f"(generator peak RSS {info['generator_maxrss_mb']} MiB); {info['batches']} batches")
         for table, rows in info["rows"].items():
