@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,41 +81,36 @@ def same_rows(ours: Path, theirs: Path) -> dict:
             "rows_only_here": len(set(ka) - set(kb)), "rows_only_there": len(set(kb) - set(ka))}
 
 
-def groups_for(manifest: dict, sweep: Path, by: list[str], outputs: Path, report: str) -> checks.Groups | None:
+def groups_for(manifest: dict, by: list[str], outputs: Path, report: str) -> checks.Groups | None:
     """{group values as nsysan's CSV writes them: [nsys CSV of each report in the group]}; None when a
     ``by`` key is not one the manifest knows (the check is then skipped)."""
     if any(k not in MANIFEST_KEYS for k in by):
         return None
     groups: checks.Groups = {}
     for i, r in enumerate(manifest["reports"]):
-        key = tuple("" if r[k] is None else str(r[k]) for k in by)
+        files = groups.setdefault(tuple("" if r[k] is None else str(r[k]) for k in by), [])
         path = outputs / f"{i:03d}_{report}.csv"
         # nsys writes no file for a report with nothing to show (e.g. no memsets): nothing to add.
         if path.exists():
-            groups.setdefault(key, []).append(path)
-        else:
-            groups.setdefault(key, [])
+            files.append(path)
     return groups
 
 
-def check(analysis: str, csv: Path, manifest: dict, sweep: Path, by: list[str], nsys_out: Path,
-          refs_run: set[str]) -> dict | None:
-    g = lambda ref, report: groups_for(manifest, sweep, by, nsys_out / ref, report)  # noqa: E731
-    if analysis == "latency" and "proj" in refs_run:
-        groups = g("proj", "nvtx_gpu_proj_sum")
-        return groups and checks.latency(csv, groups, by)
-    if analysis == "kernels" and "kern" in refs_run:
-        groups = g("kern", "cuda_gpu_kern_sum")
-        return groups and checks.kernels(csv, groups, by)
-    if analysis == "bandwidth" and "mem" in refs_run:
-        times, sizes = g("mem", "cuda_gpu_mem_time_sum"), g("mem", "cuda_gpu_mem_size_sum")
-        return times and checks.bandwidth(csv, times, sizes, by)
-    if analysis == "utilization" and "kern" in refs_run:
-        groups = g("kern", "cuda_gpu_kern_sum")
-        return groups and checks.utilization(csv, groups, by)
-    if analysis in ("throughput", "utilization"):
-        groups = g("proj", "nvtx_gpu_proj_sum")
-        return groups and checks.rows_per_group(csv, groups, by)
+def check(analysis: str, csv: Path, manifest: dict, by: list[str], nsys_out: Path, refs_run: set[str]) -> dict | None:
+    """The agreement check for one analysis against the reference loops that ran (None: not checkable)."""
+    def g(ref: str, report: str) -> checks.Groups | None:
+        return groups_for(manifest, by, nsys_out / ref, report) if ref in refs_run else None
+
+    if analysis == "latency" and (groups := g("proj", "nvtx_gpu_proj_sum")):
+        return checks.latency(csv, groups, by)
+    if analysis == "kernels" and (groups := g("kern", "cuda_gpu_kern_sum")):
+        return checks.kernels(csv, groups, by)
+    if analysis == "bandwidth" and (times := g("mem", "cuda_gpu_mem_time_sum")):
+        return checks.bandwidth(csv, times, g("mem", "cuda_gpu_mem_size_sum"), by)
+    if analysis == "utilization" and (groups := g("kern", "cuda_gpu_kern_sum")):
+        return checks.utilization(csv, groups, by)
+    if analysis in ("throughput", "utilization") and (groups := g("proj", "nvtx_gpu_proj_sum")):
+        return checks.rows_per_group(csv, groups, by)
     return None  # latency_issue: merged/filtered ranges have no nsys counterpart
 
 
@@ -159,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ref_cmds = {}
     for ref in refs_run:
-        (work / "nsys" / ref).mkdir(parents=True, exist_ok=True)
+        # Emptied first: a stale CSV from another sweep would be summed into this one's check.
+        shutil.rmtree(work / "nsys" / ref, ignore_errors=True)
+        (work / "nsys" / ref).mkdir(parents=True)
         ref_cmds[ref] = [[nsys, "stats", "-r", ",".join(REFERENCES[ref]), "--format", "csv", "--force-overwrite",
                           "true", "-o", str(work / "nsys" / ref / f"{i:03d}"), str(f)] for i, f in enumerate(files)]
     cmds = {a: [*nsysan, *ANALYSES[a][0], str(sweep), *(["--by", args.by] if by else []), *extra,
@@ -208,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                for name, rs in runs.items()}
     rows, agreement = [], {}
     for a in analyses:
-        agreement[a] = check(a, work / f"{a}.csv", manifest, sweep, by, work / "nsys", set(refs_run))
+        agreement[a] = check(a, work / f"{a}.csv", manifest, by, work / "nsys", set(refs_run))
         ref = ANALYSES[a][1]
         for mode in [m for m in ("cold", "warm") if f"nsysan:{a}:{m}" in summary]:
             ours, theirs = summary[f"nsysan:{a}:{mode}"], summary[f"nsys:{ref}"]

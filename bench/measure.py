@@ -30,6 +30,7 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -121,6 +122,14 @@ def _machine_busy_s() -> float:
     return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stop(pgid: int) -> None:
+    """Kill the process group we started for one command (its session holds nothing else)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 # -- running -------------------------------------------------------------------------------------------
 def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: dict[str, str] | None = None,
         sample_s: float = 0.02, check: bool = True, timeout_s: float | None = None,
@@ -156,10 +165,7 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
                        "rss_limit" if rss_limit_mb and now > rss_limit_mb * 2**20 else None)
                 if why and not killed:
                     killed = why
-                    try:
-                        os.killpg(proc.pid, 9)
-                    except ProcessLookupError:
-                        pass
+                    _stop(proc.pid)
                 done.wait(sample_s)
             sampler_cpu = time.thread_time() - c0
 
@@ -167,7 +173,13 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
         sampler.start()
         # wait4 (not Popen.wait) because its rusage is the CPU time of this child and the descendants it
         # reaped: the only portable source of per-command CPU without an external timing tool.
-        _, status, usage = os.wait4(proc.pid, 0)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            # Interrupted (Ctrl-C reaches only our own session): do not leave the command running.
+            _stop(proc.pid)
+            os.waitpid(proc.pid, 0)
+            raise
         wall = time.perf_counter() - t0
         busy = _machine_busy_s() - busy0
         done.set()
@@ -186,7 +198,8 @@ def run(cmd: Sequence[str], *, log: Path | None = None, cwd: Path = ROOT, env: d
 
 
 def run_loop(cmds: Iterable[Sequence[str]], *, log: Path | None = None, **kw) -> dict:
-    """Run ``cmds`` one after another, each a fresh process, like ``for f in ...; do tool f; done``.
+    """Run ``cmds`` one after another, each a fresh process, like ``for f in ...; do tool f; done``
+    (``log`` keeps the last command's output).
 
     Wall time covers the whole loop (spawn gaps included, as in a shell loop); CPU times add up; memory is
     the largest of any one command (they never overlap)."""
