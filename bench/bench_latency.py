@@ -1,177 +1,34 @@
-#!/usr/bin/env python3
 """Time ``nsysan latency`` against ``nsys stats -r nvtx_gpu_proj_sum`` on one (large) export.
 
 Both tools run as fresh processes on the same file. The OS file cache is not dropped; instead each tool
 runs once first (warming the cache, and giving the outputs compared below), then ``--runs`` timed runs
-each, interleaved (nsysan, nsys, nsysan, nsys, ...), and the median is reported. For every run we record
-
-* wall time of the whole command (start of the process to exit of its last waited-for child);
-* peak RSS of the process tree: the largest sum of resident memory of the process and all its
-  descendants, sampled from /proc every ``--sample-ms`` ms, and ``ru_maxrss`` from ``wait4`` (the largest
-  single process of the tree, exact but blind to memory held by several processes at once).
+each, interleaved (nsysan, nsys, nsysan, nsys, ...), and the median is reported. What a run records
+(wall time, CPU time and utilisation, peak process-tree RSS, ru_maxrss) is defined in measure.py, which
+all benches share.
 
 The warm-up outputs are compared per range name and style: nsys's Range Instances / Total Proj Time /
-Total GPU Ops against nsysan's gpu_instances / gpu_proj_total_ns / gpu_ops_total.
+Total GPU Ops against nsysan's gpu_instances / gpu_proj_total_ns / gpu_ops_total (checks.latency).
 
     python bench/bench_latency.py                  # builds bench/out/<fixture>_x460.sqlite if missing
     python bench/bench_latency.py FILE --runs 5
+    python bench/bench_latency.py --nsysan "python -m nsysan" --nsysan-args "--jobs 2"
 
 A JSON result goes to bench/out/latency_<UTC time>.json and bench/out/latency_latest.json (or only to --json FILE).
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime as dt
-import json
-import os
-import platform
-import shutil
+import shlex
 import sqlite3
-import statistics
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+import checks  # noqa: E402
 import make_large_report  # noqa: E402
-
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
-
-# -- process-tree measurement --------------------------------------------------------------------------
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # Field 4 (ppid) follows the parenthesised command name, which may itself hold spaces.
-        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def _tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants right now."""
-    children = _children_map()
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, ()))
-        try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
-
-
-def run_measured(cmd: list[str], sample_s: float, log: Path) -> dict:
-    """Run ``cmd``; return wall seconds, sampled peak tree RSS and wait4's ru_maxrss (bytes)."""
-    with log.open("wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        peak = 0
-        done = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, _tree_rss(proc.pid))
-                done.wait(sample_s)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}; see {log}")
-    return {"wall_s": wall, "peak_tree_rss_mb": peak / 2**20, "ru_maxrss_mb": usage.ru_maxrss / 1024,
-            "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_s": usage.ru_utime + usage.ru_stime}
-
-
-# -- agreement check -----------------------------------------------------------------------------------
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def compare(nsysan_csv: Path, nsys_csv: Path) -> dict:
-    """Per (range, style): nsys Range Instances / Total Proj Time / Total GPU Ops vs nsysan's totals."""
-    ours = {}
-    for row in _read_csv(nsysan_csv):
-        if int(row["gpu_instances"] or 0) > 0:
-            ours[(row["range"], row["style"])] = (int(row["gpu_instances"]), int(row["gpu_proj_total_ns"]),
-                                                  int(row["gpu_ops_total"]))
-    theirs = {}
-    for row in _read_csv(nsys_csv):
-        proj = next(v for k, v in row.items() if k.startswith("Total Proj Time"))
-        theirs[(row["Range"], row["Style"])] = (int(row["Range Instances"]), int(proj), int(row["Total GPU Ops"]))
-    mismatches = []
-    for key in sorted(set(ours) | set(theirs), key=lambda k: (k[0] or "", k[1] or "")):
-        a, b = ours.get(key), theirs.get(key)
-        if a != b:
-            mismatches.append({"range": key[0], "style": key[1],
-                               "nsysan (instances, proj_ns, ops)": a, "nsys (instances, proj_ns, ops)": b})
-    return {"range_names_compared": len(set(ours) | set(theirs)), "agree": not mismatches,
-            "mismatches": mismatches}
-
-
-# -- context -------------------------------------------------------------------------------------------
-def _busy_processes(exclude: int) -> list[str]:
-    """Other processes using CPU right now (a 2-core machine is easily disturbed): sampled over 1 s."""
-    def ticks() -> dict[int, tuple[int, str]]:
-        out = {}
-        for entry in os.scandir("/proc"):
-            if entry.name.isdigit():
-                try:
-                    stat = open(f"/proc/{entry.name}/stat", "rb").read()
-                except OSError:
-                    continue
-                name = stat[stat.index(b"(") + 1:stat.rindex(b")")].decode(errors="replace")
-                fields = stat[stat.rindex(b")") + 2:].split()
-                out[int(entry.name)] = (int(fields[11]) + int(fields[12]), name)
-        return out
-
-    before = ticks()
-    time.sleep(1.0)
-    after = ticks()
-    hz = os.sysconf("SC_CLK_TCK")
-    busy = []
-    for pid, (t, name) in after.items():
-        if pid != exclude and pid in before:
-            share = (t - before[pid][0]) / hz
-            if share > 0.2:
-                busy.append(f"pid {pid} ({name}): {share * 100:.0f}% of a core")
-    return busy
-
-
-def _nsys_version(nsys: str) -> str:
-    try:
-        return subprocess.run([nsys, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _git_rev() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+import measure  # noqa: E402
 
 
 def _row_counts(path: Path) -> dict[str, int]:
@@ -186,16 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("file", nargs="?", type=Path, help="export to analyse (default: build/reuse the large one)")
     parser.add_argument("--kernels", type=int, default=1_080_000, help="size of the default large report")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs per tool (median reported)")
-    parser.add_argument("--nsys", default=os.environ.get("NSYS", str(make_large_report.DEFAULT_NSYS)))
-    parser.add_argument("--nsysan", default=shutil.which("nsysan", path=str(Path(sys.executable).parent))
-                        or shutil.which("nsysan") or "nsysan")
-    parser.add_argument("--nsysan-out", type=Path, default=Path("/tmp/x.csv"))
-    parser.add_argument("--nsys-out", type=Path, default=Path("/tmp/y"), help="nsys stats -o prefix")
-    parser.add_argument("--sample-ms", type=float, default=20.0, help="RSS sampling period")
-    parser.add_argument("--json", type=Path, help="result file (default bench/out/latency_<time>.json, also copied "
-                        "to bench/out/latency_latest.json)")
+    parser.add_argument("--nsysan-out", type=Path, default=measure.OUT / "latency_nsysan.csv")
+    parser.add_argument("--nsys-out", type=Path, default=measure.OUT / "latency_nsys", help="nsys stats -o prefix")
+    measure.add_common_args(parser)
+    measure.add_nsysan_args(parser)
     args = parser.parse_args(argv)
+    nsys = measure.find_nsys(args.nsys)
 
     path = args.file
     if path is None:
@@ -203,88 +56,79 @@ def main(argv: list[str] | None = None) -> int:
         with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as con:
             n = con.execute("SELECT count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL").fetchone()[0]
         copies = -(-args.kernels // n)
-        path = HERE / "out" / f"{source.name.removesuffix('.sqlite')}_x{copies}.sqlite"
+        path = measure.OUT / f"{source.name.removesuffix('.sqlite')}_x{copies}.sqlite"
         if not path.exists():
             print(f"building {path} ...", flush=True)
             make_large_report.build(source, path, args.kernels, 1_000_000)
     path = path.resolve()
+    args.nsysan_out.parent.mkdir(parents=True, exist_ok=True)
     nsys_csv = Path(f"{args.nsys_out}_nvtx_gpu_proj_sum.csv")
-    tools = {
-        "nsysan": [args.nsysan, "latency", str(path), "--format", "csv", "-o", str(args.nsysan_out)],
-        "nsys": [args.nsys, "stats", "-r", "nvtx_gpu_proj_sum", "--format", "csv", "--force-overwrite", "true",
-                 "-o", str(args.nsys_out), str(path)],
-    }
-    logs = HERE / "out"
-    logs.mkdir(parents=True, exist_ok=True)
+    nsysan_cmd = [*measure.nsysan_command(args.nsysan), "latency", str(path), *shlex.split(args.nsysan_args),
+                  "--format", "csv", "-o", str(args.nsysan_out)]
+    nsys_cmd = [nsys, "stats", "-r", "nvtx_gpu_proj_sum", "--format", "csv", "--force-overwrite", "true",
+                "-o", str(args.nsys_out), str(path)]
+    env = measure.nsysan_env(args.nsysan_env)
+    before_cold = shlex.split(args.before_cold) if args.before_cold else None
+    kw = {"sample_s": args.sample_ms / 1000}
+    logs = measure.OUT
+    quiet = measure.warn_if_busy()
 
-    busy = _busy_processes(os.getpid())
-    for line in busy:
-        print(f"WARNING: another process is busy during the benchmark: {line}", file=sys.stderr)
-    load_before = os.getloadavg()
+    # Warm-up: fills the OS file cache for both tools; these outputs are the ones compared.
+    warm = {}
+    print(f"warm-up nsysan: {shlex.join(nsysan_cmd)}", flush=True)
+    warm["nsysan"] = measure.run(nsysan_cmd, log=logs / "nsysan.log", env=env, **kw)
+    print(f"warm-up nsys:   {shlex.join(nsys_cmd)}", flush=True)
+    warm["nsys"] = measure.run(nsys_cmd, log=logs / "nsys.log", **kw)
+    agreement = checks.latency(args.nsysan_out, {(): [nsys_csv]}, by=[])
 
-    runs: dict[str, list[dict]] = {name: [] for name in tools}
-    warm: dict[str, dict] = {}
-    for name, cmd in tools.items():
-        print(f"warm-up {name}: {' '.join(cmd)}", flush=True)
-        warm[name] = run_measured(cmd, args.sample_ms / 1000, logs / f"{name}.log")
-    agreement = compare(args.nsysan_out, nsys_csv)
+    names = [f"nsysan_{m}" for m in (("cold", "warm") if args.mode == "both" else (args.mode,))] + ["nsys"]
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for i in range(args.runs):
-        for name, cmd in tools.items():
-            r = run_measured(cmd, args.sample_ms / 1000, logs / f"{name}.log")
-            runs[name].append(r)
-            print(f"run {i + 1}/{args.runs} {name:7s} {r['wall_s']:7.2f} s  tree RSS {r['peak_tree_rss_mb']:7.0f} MiB"
-                  f"  (maxrss {r['ru_maxrss_mb']:.0f} MiB)", flush=True)
+        if args.wait_quiet and not measure.wait_quiet(args.wait_quiet):
+            print(f"round {i + 1}: machine not quiet after {args.wait_quiet:g} s; measuring anyway", flush=True)
+        for mode, r in measure.nsysan_rounds(nsysan_cmd, args.mode, before_cold, log=logs / "nsysan.log",
+                                             env=env, **kw).items():
+            runs[f"nsysan_{mode}"].append(r)
+            print(f"run {i + 1}/{args.runs} nsysan {mode:4s} {measure.fmt(r)}", flush=True)
+        r = measure.run(nsys_cmd, log=logs / "nsys.log", **kw)
+        runs["nsys"].append(r)
+        print(f"run {i + 1}/{args.runs} nsys        {measure.fmt(r)}", flush=True)
 
-    def med(name: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[name])
-
-    summary = {name: {k: round(med(name, k), 3) for k in ("wall_s", "cpu_s", "peak_tree_rss_mb", "ru_maxrss_mb",
-                                                         "user_s", "sys_s")} for name in tools}
+    summary = {name: measure.median(rs, (*measure.KEYS, "user_s", "sys_s")) for name, rs in runs.items()}
     # cpu_s (user + sys of the whole tree) is less disturbed by other busy processes than wall time.
-    ratio = {k: round(summary["nsysan"][k] / summary["nsys"][k], 3) for k in ("wall_s", "cpu_s", "peak_tree_rss_mb",
-                                                                           "ru_maxrss_mb")}
-    goal = {"wall_ratio_max": 0.25, "rss_ratio_max": 1.0,
-            "met": ratio["wall_s"] <= 0.25 and ratio["peak_tree_rss_mb"] <= 1.0}
+    ratios = {name: measure.ratio(summary[name], summary["nsys"], ("wall_s", "cpu_s", "peak_tree_rss_mb",
+                                                                  "ru_maxrss_mb"))
+              for name in names if name != "nsys"}
+    goals = {"nsysan_cold": (0.25, 1.0), "nsysan_warm": (0.05, None)}
+    goal = {}
+    for name, r in ratios.items():
+        wall_max, rss_max = goals[name]
+        goal[name] = {"wall_ratio_max": wall_max, "rss_ratio_max": rss_max,
+                      "met": r["wall_s"] <= wall_max and (rss_max is None or r["peak_tree_rss_mb"] <= rss_max)}
 
     print()
     print(f"file: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
-    print(f"{'tool':8s} {'wall s (median)':>16s} {'cpu s (user+sys)':>17s} {'peak tree RSS MiB':>18s} "
-          f"{'ru_maxrss MiB':>14s}")
-    for name in tools:
+    print(f"{'tool':12s} {'wall s (median)':>16s} {'cpu s (user+sys)':>17s} {'cpu %':>6s} {'peak tree RSS MiB':>18s} "
+          f"{'ru_maxrss MiB':>14s} {'others (cores)':>15s}")
+    for name in names:
         s = summary[name]
-        print(f"{name:8s} {s['wall_s']:16.2f} {s['cpu_s']:17.2f} {s['peak_tree_rss_mb']:18.0f} {s['ru_maxrss_mb']:14.0f}")
-    print(f"{'ratio':8s} {ratio['wall_s']:16.3f} {ratio['cpu_s']:17.3f} {ratio['peak_tree_rss_mb']:18.3f} "
-          f"{ratio['ru_maxrss_mb']:14.3f}   (nsysan / nsys)")
-    print(f"goal (wall <= 0.25x, RSS <= 1x): {'met' if goal['met'] else 'NOT met'}")
-    if agreement["agree"]:
-        print(f"totals agree on all {agreement['range_names_compared']} range names")
-    else:
-        print(f"totals DISAGREE on {len(agreement['mismatches'])} of {agreement['range_names_compared']} range names:")
-        for m in agreement["mismatches"][:20]:
-            print(f"  {m}")
+        print(f"{name:12s} {s['wall_s']:16.2f} {s['cpu_s']:17.2f} {s['cpu_util'] * 100:6.0f} "
+              f"{s['peak_tree_rss_mb']:18.0f} {s['ru_maxrss_mb']:14.0f} {s['others_util']:15.2f}")
+    for name, r in ratios.items():
+        g = goal[name]
+        print(f"ratio {name.removeprefix('nsysan_'):6s} {r['wall_s']:16.3f} {r['cpu_s']:17.3f} {'':6s} "
+              f"{r['peak_tree_rss_mb']:18.3f} {r['ru_maxrss_mb']:14.3f}   (nsysan / nsys; goal wall <= "
+              f"{g['wall_ratio_max']}x" + (f", RSS <= {g['rss_ratio_max']}x" if g["rss_ratio_max"] else "")
+              + f": {'met' if g['met'] else 'NOT met'})")
+    print(checks.describe("latency", agreement))
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     result = {
-        "time_utc": stamp, "file": str(path), "file_mb": round(path.stat().st_size / 2**20, 1),
-        "rows": _row_counts(path), "runs_per_tool": args.runs, "commands": tools,
-        "median": summary, "ratio_nsysan_over_nsys": ratio, "goal": goal, "agreement": agreement,
-        "warmup": warm, "runs": runs,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "load_avg_before": load_before, "busy_processes_before": busy},
-        "versions": {"nsysan_git": _git_rev(), "nsys": _nsys_version(args.nsys)},
+        "file": str(path), "file_mb": round(path.stat().st_size / 2**20, 1), "rows": _row_counts(path),
+        "runs_per_tool": args.runs, "mode": args.mode, "commands": {"nsysan": nsysan_cmd, "nsys": nsys_cmd},
+        "nsysan_env": env, "before_cold": before_cold, "median": summary, "ratio_nsysan_over_nsys": ratios,
+        "goal": goal, "agreement": agreement, "warmup": warm, "runs": runs, **measure.context(nsys), "quiet": quiet,
     }
-    try:
-        import duckdb
-        import polars
-        result["versions"].update(duckdb=duckdb.__version__, polars=polars.__version__)
-    except ImportError:
-        pass
-    out = args.json or logs / f"latency_{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(result, indent=2) + "\n"
-    out.write_text(text)
-    if args.json is None:
-        (logs / "latency_latest.json").write_text(text)
+    out = measure.write_result("latency", result, args.json)
     print(f"wrote {out}")
     return 0 if agreement["agree"] else 1
 

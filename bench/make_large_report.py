@@ -34,8 +34,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+import measure  # noqa: E402
+
 DEFAULT_SOURCE = ROOT / "nsysan" / "sample" / "pipeline_gpu0_numa0_vit32x6x512.sqlite"
-DEFAULT_NSYS = Path("/root/.cache/nsysan/nsys-trixie/target-linux-x64/nsys")
 
 TIME_COLUMNS = ("start", "end", "timestamp")
 ID_COLUMNS = ("correlationId",)            # shifted by k * (max correlationId over all tables + 1)
@@ -195,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, help="default: bench/out/<source>_x<copies>.sqlite")
     parser.add_argument("--force", action="store_true", help="rebuild even if the output exists")
     parser.add_argument("--check-nsys", action="store_true", help="run nsys stats nvtx_gpu_proj_sum on the result")
-    parser.add_argument("--nsys", type=Path, default=Path(os.environ.get("NSYS", DEFAULT_NSYS)))
+    parser.add_argument("--nsys", help="nsys executable (default: $NSYS, ~/.cache/nsysan/nsys-trixie, PATH)")
     args = parser.parse_args(argv)
 
     with sqlite3.connect(f"file:{args.source}?mode=ro", uri=True) as con:
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for table, rows in info["rows_after"].items():
             print(f"  {table:32s} {info['rows_before'][table]:>8d} -> {rows:>10d}")
     if args.check_nsys:
-        check_nsys(args.nsys, output)
+        check_nsys(Path(measure.find_nsys(args.nsys)), output)
     return 0
 
 
