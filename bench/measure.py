@@ -48,7 +48,7 @@ KEYS = ("wall_s", "cpu_s", "cpu_util", "peak_tree_rss_mb", "ru_maxrss_mb", "othe
 #: How the benches call nsysan unless told otherwise: only through its command line, never its modules,
 #: because its internals are being restructured. Run from the repository root, ``-m`` puts the checkout
 #: first on sys.path, so the checked-out nsysan wins over any installed one.
-DEFAULT_NSYSAN = [sys.executable, "-m", "nsysan.cli"]
+DEFAULT_NSYSAN = [sys.executable, "-m", "nsysan"]
 #: Samples between scans of /proc for new descendants (a child is seen within RESCAN x sample_s).
 RESCAN = 5
 NSYS_CANDIDATES = (Path.home() / ".cache/nsysan/nsys-trixie/target-linux-x64/nsys",)
