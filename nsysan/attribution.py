@@ -107,12 +107,30 @@ def _climb(calls: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
             pl.col("candidate").is_not_null())
     crossing = nesting.filter(pl.col("crossing")).select("range_id", "global_tid", "start_ns", "end_ns")
     if crossing.height:
-        found.append(calls.join(crossing, on="global_tid")
-                     .filter((pl.col("start_ns") <= pl.col("call_start")) & (pl.col("end_ns") >= pl.col("call_end")))
-                     .select("range_id", "launch"))
+        found.append(_calls_inside(calls, crossing))
     if not found:
         return pl.DataFrame(schema=PAIR_SCHEMA)
     return pl.concat([f.cast(PAIR_SCHEMA) for f in found])
+
+
+def _calls_inside(calls: pl.DataFrame, ranges: pl.DataFrame) -> pl.DataFrame:
+    """(range_id, launch) for every call lying inside one of ``ranges`` on the same thread, found by binary
+    search over each thread's calls sorted by start: the work grows with the pairs found, not with calls x
+    ranges (every range crosses its sibling where ranges touch end to start, as loops often make them)."""
+    out = []
+    calls = calls.sort("call_start")
+    for (tid,), on_thread in ranges.group_by("global_tid"):
+        mine = calls.filter(pl.col("global_tid") == tid)
+        starts, ends = mine["call_start"].to_numpy(), mine["call_end"].to_numpy()
+        lo = np.searchsorted(starts, on_thread["start_ns"].to_numpy(), side="left")
+        hi = np.searchsorted(starts, on_thread["end_ns"].to_numpy(), side="right")
+        counts = hi - lo
+        which = np.repeat(np.arange(on_thread.height), counts)
+        index = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(lo, counts)
+        inside = ends[index] <= on_thread["end_ns"].to_numpy()[which]
+        out.append(pl.DataFrame({"range_id": on_thread["range_id"].to_numpy()[which][inside],
+                                 "launch": mine["launch"].to_numpy()[index][inside]}))
+    return pl.concat(out) if out else pl.DataFrame(schema=PAIR_SCHEMA)
 
 
 def gather(launched: pl.DataFrame, pairs: pl.DataFrame, *columns: str) -> pl.DataFrame:

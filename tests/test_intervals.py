@@ -305,3 +305,25 @@ def test_no_crossing_among_properly_nested_ranges_that_never_touch(ranges):
     n = _nest(*zip(*ranges))
     if not touching:
         assert not n.crossing.any()
+
+
+def test_calls_inside_matches_the_pairwise_join_on_touching_ranges():
+    """Crossing ranges are matched to calls by binary search; the answer must equal the plain
+    calls x ranges join, including calls on a range's edges and ranges that touch end to start."""
+    from nsysan.attribution import _calls_inside
+    rng = np.random.default_rng(7)
+    edges = np.cumsum(rng.integers(1, 50, 41))
+    ranges = pl.DataFrame({"range_id": np.arange(40), "global_tid": rng.integers(0, 2, 40),
+                           "start_ns": edges[:-1], "end_ns": edges[1:]})
+    starts = rng.integers(0, int(edges[-1]), 300)
+    calls = pl.DataFrame({"launch": np.arange(300), "global_tid": rng.integers(0, 3, 300),
+                          "call_start": starts, "call_end": starts + rng.integers(0, 30, 300)})
+    calls = pl.concat([calls, pl.DataFrame({"launch": [300], "global_tid": [int(ranges["global_tid"][3])],
+                                            "call_start": [int(edges[3])], "call_end": [int(edges[4])]})],
+                      how="vertical_relaxed")
+    expected = (calls.join(ranges, on="global_tid")
+                .filter((pl.col("start_ns") <= pl.col("call_start")) & (pl.col("end_ns") >= pl.col("call_end")))
+                .select("range_id", "launch").sort("range_id", "launch"))
+    got = _calls_inside(calls, ranges).sort("range_id", "launch")
+    assert expected.height > 50
+    assert got.rows() == expected.rows()
