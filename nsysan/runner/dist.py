@@ -248,9 +248,11 @@ def workload_args(kind: Kind, settings: dict[str, Any], cfg: dict[str, Any], gpu
 
 
 def workloads_dir() -> Path:
-    """workloads/ of the checkout nsysan runs from, else of the current folder."""
-    here = Path(__file__).resolve().parents[2] / "workloads"
-    return here if here.is_dir() else Path.cwd() / "workloads"
+    """The workload scripts: ``workloads/`` of the checkout this nsysan runs from, else the copy installed
+    with the package (``nsysan/workloads``, see pyproject.toml)."""
+    package = Path(__file__).resolve().parents[1]
+    checkout = package.parent / "workloads"
+    return checkout if (checkout / "vit_pipeline.py").is_file() else package / "workloads"
 
 
 def command(kind: Kind, cfg: dict[str, Any], machine: Machine, nsys: str, reports: Path, name: str,

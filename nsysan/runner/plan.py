@@ -91,9 +91,7 @@ def report_name(gpu: int, numa: int, model: str, variant: str | None) -> str:
 
 
 def default_script() -> Path:
-    """workloads/vit_pipeline.py of the checkout nsysan runs from, else of the current folder."""
-    here = Path(__file__).resolve().parents[2] / "workloads" / "vit_pipeline.py"
-    return here if here.is_file() else Path.cwd() / "workloads" / "vit_pipeline.py"
+    return dist.workloads_dir() / "vit_pipeline.py"
 
 
 def workload_args(run: PlannedRun, cfg: dict[str, Any]) -> list[str]:
