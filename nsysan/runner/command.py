@@ -69,21 +69,7 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
     """Everything ``nsysan run`` does; returns the exit code. Data goes to stdout, messages to stderr."""
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format must be table or json, not {fmt!r}")
-    overrides = normalize(list(args))
-    resume_arg = [a.split("=", 1)[1] for a in overrides if a.startswith(("resume=", "+resume="))]
-    if resume is not None:
-        overrides = [a for a in overrides if not a.startswith(("resume=", "+resume="))] + [f"resume={resume}"]
-    resume_dir = Path(str(resume)) if resume is not None else Path(resume_arg[-1]) if resume_arg else None
-    if resume_dir is not None and resume_dir.as_posix() not in ("null", "None"):
-        if not resume_dir.is_dir():
-            raise NsysanError(f"--resume {resume_dir}: no such study folder")
-        if not [a for a in overrides if not a.startswith(FLAG_OVERRIDES)]:
-            saved = _saved_argv(resume_dir)
-            if saved is None:
-                raise NsysanError(f"--resume {resume_dir}: no {study_mod.RESULTS} in it (not a study folder?)")
-            saved_args, multirun = saved
-            overrides = saved_args + [f"resume={resume_dir}"]
-            message(f"resuming {resume_dir} with {shlex.join(saved_args) or 'the defaults'}")
+    overrides, multirun, resume_dir = _overrides(args, resume, multirun)
     jobs = compose_jobs(overrides, multirun=multirun)
     if show_config:
         from omegaconf import OmegaConf
@@ -94,48 +80,88 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
     dry_run = dry_run or any(bool(j.cfg.get("dry_run")) for j in jobs)
 
     from nsysan.host import discover
-    from nsysan.nsys_tool import NsysNotFoundError, find_nsys
 
     first = jobs[0].cfg
-    try:
-        tool = find_nsys(first["nsys"]["path"])
-        nsys_path, nsys_info = str(tool.path), {"path": str(tool.path), "version": str(tool.version),
-                                                "source": tool.source}
-    except NsysNotFoundError as e:
-        if not dry_run:
-            raise
-        message(f"{e} (shown as `nsys` below)")
-        nsys_path, nsys_info = "nsys", {"path": None, "version": None, "source": None}
+    nsys_path, nsys_info = _nsys(first["nsys"]["path"], dry_run)
     device = "cuda" if any(j.cfg["hardware"]["device"] == "cuda" for j in jobs) else "cpu"
     machine = discover(gpus=device == "cuda", python=first["workload"]["python"])
     studies = plan(jobs, machine, nsys_path, _stamp(jobs, datetime.datetime.now()))
     if resume_dir is not None and len(studies) > 1:
         raise ConfigError("--resume continues one study, but these overrides make several experiments")
-
     if dry_run:
-        out = []
-        for study in studies:
-            previous = study_mod.read_results(study.dir) if study.dir.is_dir() else None
-            done = {r["name"] for r in (previous or {}).get("runs", []) if r.get("status") == study_mod.OK
-                    and (study.reports / f"{r['name']}.nsys-rep").is_file()}
-            for note in study.notes:
-                message(f"note: {note}")
-            if fmt == "json":
-                out.append({"experiment": study.experiment, "study_dir": str(study.dir), "notes": study.notes,
-                            "runs": [{**r.to_dict(), "done": r.name in done} for r in study.runs]})
-                continue
-            runnable = sum(1 for r in study.runs if not r.skip and r.name not in done)
-            typer.echo(_table(plan_rows(study, done), PLAN_COLUMNS,
-                              f"{study.experiment}: {len(study.runs)} planned, {runnable} to run -> {study.dir} "
-                              "(dry run: nothing written)"), nl=False)
-            typer.echo("commands:")
-            for r in study.runs:
-                # A skipped run's command too: on a machine without the GPUs it shows what would run there.
-                typer.echo(f"  {r.name}: " + (f"(skipped: {r.skip}) " if r.skip else "") + shlex.join(r.command))
-        if fmt == "json":
-            typer.echo(json.dumps({"dry_run": True, "nsys": nsys_info, "studies": out}, indent=1, default=str))
+        _show_plan(studies, nsys_info, fmt)
         return 0
+    summaries = _execute(studies, nsys_path, nsys_info, overrides, multirun, fmt)
+    if fmt == "json":
+        typer.echo(json.dumps([s for _, s in summaries], indent=1, default=str))
+    for note in {n for _, s in summaries for n in s["notes"] if n.startswith("remote placement")}:
+        message(note)
+    return _exit_code(summaries)
 
+
+def _overrides(args: list[str], resume: Path | None, multirun: bool) -> tuple[list[str], bool, Path | None]:
+    """The Hydra overrides to compose, with ``--resume`` folded in: resuming with no overrides of one's own
+    repeats the study's saved ones (and its multirun flag)."""
+    overrides = normalize(list(args))
+    resume_arg = [a.split("=", 1)[1] for a in overrides if a.startswith(("resume=", "+resume="))]
+    if resume is not None:
+        overrides = [a for a in overrides if not a.startswith(("resume=", "+resume="))] + [f"resume={resume}"]
+    resume_dir = Path(str(resume)) if resume is not None else Path(resume_arg[-1]) if resume_arg else None
+    if resume_dir is None or resume_dir.as_posix() in ("null", "None"):
+        return overrides, multirun, resume_dir
+    if not resume_dir.is_dir():
+        raise NsysanError(f"--resume {resume_dir}: no such study folder")
+    if not [a for a in overrides if not a.startswith(FLAG_OVERRIDES)]:
+        saved = _saved_argv(resume_dir)
+        if saved is None:
+            raise NsysanError(f"--resume {resume_dir}: no {study_mod.RESULTS} in it (not a study folder?)")
+        saved_args, multirun = saved
+        overrides = saved_args + [f"resume={resume_dir}"]
+        message(f"resuming {resume_dir} with {shlex.join(saved_args) or 'the defaults'}")
+    return overrides, multirun, resume_dir
+
+
+def _nsys(configured: str | None, dry_run: bool) -> tuple[str, dict[str, Any]]:
+    """The nsys to profile with, and how the results describe it; a dry run shows `nsys` when there is none."""
+    from nsysan.nsys_tool import NsysNotFoundError, find_nsys
+
+    try:
+        tool = find_nsys(configured)
+    except NsysNotFoundError as e:
+        if not dry_run:
+            raise
+        message(f"{e} (shown as `nsys` below)")
+        return "nsys", {"path": None, "version": None, "source": None}
+    return str(tool.path), {"path": str(tool.path), "version": str(tool.version), "source": tool.source}
+
+
+def _show_plan(studies: list[Study], nsys_info: dict[str, Any], fmt: str) -> None:
+    out = []
+    for study in studies:
+        previous = study_mod.read_results(study.dir) if study.dir.is_dir() else None
+        done = {r["name"] for r in (previous or {}).get("runs", []) if r.get("status") == study_mod.OK
+                and (study.reports / f"{r['name']}.nsys-rep").is_file()}
+        for note in study.notes:
+            message(f"note: {note}")
+        if fmt == "json":
+            out.append({"experiment": study.experiment, "study_dir": str(study.dir), "notes": study.notes,
+                        "runs": [{**r.to_dict(), "done": r.name in done} for r in study.runs]})
+            continue
+        runnable = sum(1 for r in study.runs if not r.skip and r.name not in done)
+        typer.echo(_table(plan_rows(study, done), PLAN_COLUMNS,
+                          f"{study.experiment}: {len(study.runs)} planned, {runnable} to run -> {study.dir} "
+                          "(dry run: nothing written)"), nl=False)
+        typer.echo("commands:")
+        for r in study.runs:
+            # A skipped run's command too: on a machine without the GPUs it shows what would run there.
+            typer.echo(f"  {r.name}: " + (f"(skipped: {r.skip}) " if r.skip else "") + shlex.join(r.command))
+    if fmt == "json":
+        typer.echo(json.dumps({"dry_run": True, "nsys": nsys_info, "studies": out}, indent=1, default=str))
+
+
+def _execute(studies: list[Study], nsys_path: str, nsys_info: dict[str, Any], overrides: list[str],
+             multirun: bool, fmt: str) -> list[tuple[study_mod.Runner, dict[str, Any]]]:
+    """Runs the studies one after another (and analyses each when asked); stops after an interrupted one."""
     summaries = []
     for study in studies:
         _check_workload(study)
@@ -146,26 +172,30 @@ def run_study_command(args: list[str], *, multirun: bool = False, dry_run: bool 
                               f"{summary['counts']['ok']} of {summary['counts']['planned']} ok -> "
                               f"{summary['study_dir']}"), nl=False)
         if study.cfg.get("analyze") and not runner.interrupted:
-            from nsysan.runner.analyze import LATENCY_COLUMNS, analyze
-
-            info, table = analyze(study, nsys_path, message)
-            summary["analysis"] = info
-            study_mod.write_json(study.dir / study_mod.SUMMARY, summary)
-            if info.get("skipped"):
-                message(info["skipped"])
-            if table is not None and not table.is_empty() and fmt == "table":
-                from nsysan.render import table as render_table
-                from nsysan.render import terminal_width
-
-                typer.echo(render_table(table, title=f"{study.experiment}: NVTX ranges by model (ms, warm-up "
-                                        "excluded)", columns=LATENCY_COLUMNS, width=terminal_width()), nl=False)
+            _analyse(study, summary, nsys_path, fmt)
         summaries.append((runner, summary))
         if runner.interrupted:
             break
-    if fmt == "json":
-        typer.echo(json.dumps([s for _, s in summaries], indent=1, default=str))
-    for note in {n for _, s in summaries for n in s["notes"] if n.startswith("remote placement")}:
-        message(note)
+    return summaries
+
+
+def _analyse(study: Study, summary: dict[str, Any], nsys_path: str, fmt: str) -> None:
+    from nsysan.runner.analyze import LATENCY_COLUMNS, analyze
+
+    info, table = analyze(study, nsys_path, message)
+    summary["analysis"] = info
+    study_mod.write_json(study.dir / study_mod.SUMMARY, summary)
+    if info.get("skipped"):
+        message(info["skipped"])
+    if table is not None and not table.is_empty() and fmt == "table":
+        from nsysan.render import table as render_table
+        from nsysan.render import terminal_width
+
+        typer.echo(render_table(table, title=f"{study.experiment}: NVTX ranges by model (ms, warm-up "
+                                "excluded)", columns=LATENCY_COLUMNS, width=terminal_width()), nl=False)
+
+
+def _exit_code(summaries: list[tuple[study_mod.Runner, dict[str, Any]]]) -> int:
     if any(r.interrupted for r, _ in summaries):
         return EXIT_INTERRUPTED
     ok = sum(s["counts"]["ok"] for _, s in summaries)
