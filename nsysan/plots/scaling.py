@@ -94,24 +94,8 @@ def scaling(latency: pl.DataFrame, throughput: pl.DataFrame | None = None, *, x:
     * the transfer share of that GPU time, with the 50 % line: where a series crosses it compute dominates.
 
     Each point is labelled with its model. Rows of the frames are joined on their shared grouping keys."""
-    keys = key_columns(latency.columns, "range")
-    if "model" not in keys:
-        raise ValueError("scaling needs a latency summary grouped by model (by=['model', ...])")
-    if x not in X_LABELS:
-        raise ValueError(f"x must be one of {', '.join(X_LABELS)}, not {x!r}")
-    points = model_shape(transfer_share(latency, time=time, transfer=transfer, compute=compute))
-    if x not in points.columns:
-        raise ValueError(f"x={x!r} needs a 'resolution' column in the run metadata (sidecar field)")
-    batch_rows = latency.filter(pl.col("range") == batch).select(
-        *keys, _lat=f"range_ms_{statistic}", _lat_hi=f"range_ms_{whisker}")
-    points = points.join(batch_rows, on=keys, how="left", nulls_equal=True, maintain_order="left")
-    rate = None
-    if throughput is not None:
-        t_keys = [k for k in key_columns(throughput.columns, "runs") if k in keys]
-        rate = "samples_per_s" if throughput["samples_per_s"].is_not_null().all() else "batches_per_s"
-        points = points.join(throughput.select(*t_keys, _rate=rate), on=t_keys, how="left", nulls_equal=True,
-                             maintain_order="left")
-    points = points.filter(pl.col(x).is_not_null())
+    points, keys, rate = _points(latency, throughput, x=x, time=time, batch=batch, statistic=statistic,
+                                 whisker=whisker, transfer=transfer, compute=compute)
     lines = _series_keys(points, keys, x, series)
     fig, axes = new_figure(2, 2, figsize=(11.5, 8), sharex=True)
     ax_lat, ax_rate, ax_gpu, ax_share = axes.ravel()
@@ -152,6 +136,32 @@ def scaling(latency: pl.DataFrame, throughput: pl.DataFrame | None = None, *, x:
 
 
 _TIME_WORDS = {"gpu_proj_ms": "GPU projected time", "gpu_busy_ms": "GPU busy time", "range_ms": "CPU time"}
+
+
+def _points(latency: pl.DataFrame, throughput: pl.DataFrame | None, *, x: str, time: str, batch: str,
+            statistic: str, whisker: str, transfer: Sequence[str], compute: Sequence[str],
+            ) -> tuple[pl.DataFrame, list[str], str | None]:
+    """One row per group: its shape, transfer and compute time, batch latency (``_lat``, ``_lat_hi``) and
+    rate (``_rate``, named by the third value); the latency summary's keys come second."""
+    keys = key_columns(latency.columns, "range")
+    if "model" not in keys:
+        raise ValueError("scaling needs a latency summary grouped by model (by=['model', ...])")
+    if x not in X_LABELS:
+        raise ValueError(f"x must be one of {', '.join(X_LABELS)}, not {x!r}")
+    points = model_shape(transfer_share(latency, time=time, transfer=transfer, compute=compute))
+    if x not in points.columns:
+        raise ValueError(f"x={x!r} needs a 'resolution' column in the run metadata (sidecar field)")
+    batch_rows = latency.filter(pl.col("range") == batch).select(
+        *keys, _lat=f"range_ms_{statistic}", _lat_hi=f"range_ms_{whisker}")
+    points = points.join(batch_rows, on=keys, how="left", nulls_equal=True, maintain_order="left")
+    rate = None
+    if throughput is not None:
+        t_keys = [k for k in key_columns(throughput.columns, "runs") if k in keys]
+        rate = "samples_per_s" if throughput["samples_per_s"].is_not_null().all() else "batches_per_s"
+        points = points.join(throughput.select(*t_keys, _rate=rate), on=t_keys, how="left", nulls_equal=True,
+                             maintain_order="left")
+    points = points.filter(pl.col(x).is_not_null())
+    return points, keys, rate
 
 
 def _series_keys(points: pl.DataFrame, keys: list[str], x: str, series: Sequence[str] | str) -> list[str]:
