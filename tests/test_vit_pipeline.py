@@ -20,6 +20,7 @@ _spec = importlib.util.spec_from_file_location("vit_pipeline", WORKLOAD)
 vp = importlib.util.module_from_spec(_spec)
 sys.modules["vit_pipeline"] = vp
 _spec.loader.exec_module(vp)
+import workload_host as host  # noqa: E402  (importable once vit_pipeline put workloads/ on sys.path)
 
 STAGES = ("preprocess", "h2d", "forward", "d2h")
 TINY = dict(patch=16, depth=1, dim=32, resolution=32, batch_size=2, num_samples=5, warmup_batches=2, device="cpu")
@@ -57,24 +58,24 @@ def record(**changes) -> tuple[Recorder, list, object]:
 
 
 def test_parse_cpu_list_and_binding(tmp_path):
-    assert vp.parse_cpu_list("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
-    assert vp.parse_cpu_list("5") == [5]
+    assert host.parse_cpu_list("0-3,8,10-11") == [0, 1, 2, 3, 8, 10, 11]
+    assert host.parse_cpu_list("5") == [5]
     status = tmp_path / "status"
     status.write_text("Name:\tpython\nCpus_allowed:\tff\nCpus_allowed_list:\t0-2,6\nMems_allowed_list:\t1\n")
-    assert vp.binding(str(status)) == {"cpus_allowed_list": "0-2,6", "mems_allowed_list": "1",
+    assert host.binding(str(status)) == {"cpus_allowed_list": "0-2,6", "mems_allowed_list": "1",
                                        "cpus": [0, 1, 2, 6], "mems": [1]}
-    assert vp.binding(str(tmp_path / "missing"))["cpus"] is None
+    assert host.binding(str(tmp_path / "missing"))["cpus"] is None
 
 
 def test_gpu_numa_node_from_sysfs(tmp_path):
-    assert vp.sysfs_bus_id("00000000:1B:00.0") == "0000:1b:00.0"
+    assert host.sysfs_bus_id("00000000:1B:00.0") == "0000:1b:00.0"
     (tmp_path / "0000:1b:00.0").mkdir()
     (tmp_path / "0000:1b:00.0" / "numa_node").write_text("1\n")
     (tmp_path / "0000:2c:00.0").mkdir()
     (tmp_path / "0000:2c:00.0" / "numa_node").write_text("-1\n")
-    assert vp.numa_node_of("00000000:1B:00.0", root=str(tmp_path)) == 1
-    assert vp.numa_node_of("0000:2c:00.0", root=str(tmp_path)) is None  # -1: unknown (VMs)
-    assert vp.numa_node_of("0000:99:00.0", root=str(tmp_path)) is None
+    assert host.numa_node_of("00000000:1B:00.0", root=str(tmp_path)) == 1
+    assert host.numa_node_of("0000:2c:00.0", root=str(tmp_path)) is None  # -1: unknown (VMs)
+    assert host.numa_node_of("0000:99:00.0", root=str(tmp_path)) is None
 
 
 def test_config_checks_and_batches():
@@ -164,7 +165,7 @@ def test_sidecar_written_by_main(tmp_path):
     assert meta["config"]["memory"] == "pageable" and meta["config"]["backend"] == "numpy"
     status = dict(line.split(":\t", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":\t" in line)
     assert meta["binding"]["cpus_allowed_list"] == status["Cpus_allowed_list"].strip()
-    assert meta["binding"]["cpus"] == vp.parse_cpu_list(status["Cpus_allowed_list"])
+    assert meta["binding"]["cpus"] == host.parse_cpu_list(status["Cpus_allowed_list"])
     assert meta["versions"]["numpy"] == np.__version__
     # nsysan's loader: the flat fields are metadata keys; nested objects are not.
     from nsysan.metadata import read_metadata

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # dist_common and vit_pipeline, also when imported
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling modules, also when imported
 
 import dist_common as dc  # noqa: E402
-from vit_pipeline import SetupError  # noqa: E402
+from workload_host import SetupError  # noqa: E402
 
 PROG = "ddp_train"
 WRN_NAME = re.compile(r"^wrn(\d+)-(\d+)$")

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from vit_pipeline import Nvtx, SetupError, binding, cuda_device_info, write_json_atomic
+from workload_host import Nvtx, SetupError, binding, cuda_device_info, write_json_atomic
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: Set by numa_bind.py before it execs the rank: the node the rank was bound to (recorded per rank).
@@ -110,7 +110,7 @@ def parse_config(cls: type, prog: str, description: str, argv: list[str] | None)
 # -- NVTX, counted ------------------------------------------------------------------------------------------------
 
 class CountingNvtx:
-    """NVTX push/pop ranges (as vit_pipeline's :class:`Nvtx`), counted by name: what this rank says it emitted."""
+    """NVTX push/pop ranges (as workload_host's :class:`Nvtx`), counted by name: what this rank says it emitted."""
 
     def __init__(self, choice: str, device: str) -> None:
         self.nvtx = Nvtx(choice, device)
