@@ -11,6 +11,14 @@ import nsysan
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# Tests run analyses in this process and without the analysis cache, so that a test that patches an analysis
+# sees its patch and never another test's cached numbers (nor the user's cache folder); tests/test_cache.py and
+# tests/test_parallel.py turn each on, in folders of their own.
+os.environ["NSYSAN_NO_CACHE"] = "1"
+os.environ["NSYSAN_JOBS"] = "1"
+os.environ.pop("NSYSAN_CACHE_DIR", None)
+os.environ.pop("NSYSAN_SCHEDULER", None)
+
 
 def _nsys(env_var: str) -> str:
     """Path of an installed nsys. Under CI a missing nsys fails the test; elsewhere it skips."""

@@ -1,0 +1,125 @@
+"""Where per-report work runs: in this process, in local worker processes (``jobs``), or on a Dask distributed
+cluster (``scheduler``). Every way gives the same results in the same order; only the wall time differs.
+
+Settings come from :func:`configure` or the environment (``NSYSAN_JOBS``, ``NSYSAN_SCHEDULER``). ``jobs`` is a
+number of processes or ``"auto"`` (the cores this process may use); the default is ``auto``. A call with
+fewer tasks than two stays in this process, where starting workers would cost more than it saves.
+
+Local workers start from a fork server that has imported nsysan once, so a worker costs a fork, not an
+interpreter start; each keeps its DuckDB database (and its loaded SQLite scanner) for all the reports it
+reads. Dask workers must import the same nsysan and see the reports at the same paths (a shared file system).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from nsysan.errors import NsysanError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: What the fork server imports before it forks workers: the analyses and what they read with.
+PRELOAD = ["nsysan.engine", "nsysan.api", "nsysan.load"]
+
+_configured: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Settings:
+    jobs: int
+    scheduler: str | None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_jobs(value: str | int | None) -> int:
+    """``"auto"``/None -> the cores available; a positive number as it is; anything else a one-line error."""
+    if value is None or str(value).strip().lower() in ("", "auto", "0"):
+        return available_cores()
+    try:
+        jobs = int(value)
+    except ValueError:
+        raise NsysanError(f"jobs must be a positive number or auto, not {value!r}") from None
+    if jobs < 1:
+        raise NsysanError(f"jobs must be a positive number or auto, not {value!r}")
+    return jobs
+
+
+def settings() -> Settings:
+    jobs = _configured.get("jobs", os.environ.get("NSYSAN_JOBS"))
+    scheduler = _configured.get("scheduler", os.environ.get("NSYSAN_SCHEDULER")) or None
+    return Settings(parse_jobs(jobs), scheduler)
+
+
+def configure(*, jobs: str | int | None = None, scheduler: str | None = None) -> None:
+    """Set where work runs for this process: ``jobs`` local processes, or the Dask ``scheduler`` address
+    (``tcp://host:8786``; ``"none"`` goes back to local processes)."""
+    if jobs is not None:
+        _configured["jobs"] = parse_jobs(jobs)
+    if scheduler is not None:
+        _configured["scheduler"] = None if scheduler.lower() in ("", "none", "local") else scheduler
+
+
+def run_each(work: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, R]]:
+    """``(i, work(task_i))`` for every task, in the order they finish. ``work`` and the tasks must pickle
+    when they run elsewhere (module-level functions, partials of them, plain data)."""
+    tasks = list(tasks)
+    now = settings()
+    if now.scheduler:
+        yield from _on_dask(work, tasks, now.scheduler)
+    elif now.jobs > 1 and len(tasks) > 1:
+        yield from _in_processes(work, tasks, min(now.jobs, len(tasks)))
+    else:
+        for i, task in enumerate(tasks):
+            yield i, work(task)
+
+
+def _in_processes(work: Callable[[T], R], tasks: list[T], jobs: int) -> Iterator[tuple[int, R]]:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    # DuckDB's threads in the workers share the cores: as many workers as cores, one thread each.
+    threads = max(1, available_cores() // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+        pending = {pool.submit(work, task): i for i, task in enumerate(tasks)}
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    i = pending.pop(future)
+                    yield i, future.result()
+        except BrokenProcessPool:
+            raise NsysanError("a worker process died (killed for memory?); try fewer --jobs") from None
+        finally:
+            for future in pending:
+                future.cancel()
+
+
+def _start_worker(threads: int) -> None:
+    os.environ["NSYSAN_DUCKDB_THREADS"] = str(threads)
+
+
+def _on_dask(work: Callable[[T], R], tasks: list[T], address: str) -> Iterator[tuple[int, R]]:
+    try:
+        from distributed import Client, as_completed
+    except ImportError:
+        raise NsysanError("--scheduler needs Dask distributed: pip install 'nsysan[dask]'") from None
+    try:
+        client = Client(address, timeout="10s", set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise NsysanError(f"cannot reach the Dask scheduler at {address} ({e})") from None
+    with client:
+        futures = client.map(work, tasks, pure=False)
+        index = {future.key: i for i, future in enumerate(futures)}
+        for future in as_completed(futures):
+            yield index[future.key], future.result()

@@ -1,0 +1,145 @@
+"""The analysis cache: keys that change whenever the export, its sidecar, the step's options or nsysan's code
+change; atomic, size-bounded entries; damaged entries rebuilt; and every analysis giving the same result warm as
+cold without reading the export again."""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from nsysan import cache
+from nsysan.selection import Selection
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    """The cache on, in a folder of this test's own."""
+    folder = tmp_path / "cache"
+    monkeypatch.setattr(cache, "_configured", {"enabled": True, "directory": folder})
+    return folder
+
+
+def step(report, *, select=Selection(), limit=3):  # a stand-in per-report step, named like nsysan's
+    return pl.DataFrame({"x": [1, 2]})
+
+
+step.__module__ = "nsysan.tests_stand_in"
+
+
+def test_a_step_is_named_by_its_function_and_every_option():
+    same = cache.step_name(functools.partial(step, select=Selection(), limit=3))
+    assert cache.step_name(functools.partial(step, limit=3, select=Selection())) == same
+    assert cache.step_name(functools.partial(step, select=Selection(skip_first=1), limit=3)) != same
+    assert cache.step_name(functools.partial(step, select=Selection(), limit=4)) != same
+    assert cache.step_name(functools.partial(step, limit=(3,))) != cache.step_name(functools.partial(step, limit=[3]))
+    with pytest.raises(cache.Unnamed):
+        cache.step_name(lambda report: None)
+    with pytest.raises(cache.Unnamed):
+        cache.step_name(functools.partial(step, limit=object()))
+    with pytest.raises(cache.Unnamed):  # a function outside nsysan may change without nsysan's fingerprint
+        cache.step_name(shutil.copy)
+
+
+def test_the_key_follows_the_export_its_sidecar_and_the_code(tmp_path, monkeypatch):
+    export = tmp_path / "run.sqlite"
+    export.write_bytes(b"x" * 100)
+    first = cache.key(export, functools.partial(step))
+    assert cache.key(export, functools.partial(step)) == first
+    assert cache.key(export, functools.partial(step, limit=4)) != first
+
+    os.utime(export, ns=(0, export.stat().st_mtime_ns + 1))  # re-exported: same size, newer
+    touched = cache.key(export, functools.partial(step))
+    assert touched != first
+
+    sidecar = tmp_path / "run.meta.json"
+    sidecar.write_text('{"ranks": [0, 1]}')
+    with_sidecar = cache.key(export, functools.partial(step))
+    sidecar.write_text('{"ranks": [1, 0]}')
+    assert len({touched, with_sidecar, cache.key(export, functools.partial(step))}) == 3
+
+    now = cache.key(export, functools.partial(step))
+    monkeypatch.setattr(cache, "code_fingerprint", lambda: "other code")
+    changed = cache.key(export, functools.partial(step))
+    monkeypatch.undo()
+    assert changed != now == cache.key(export, functools.partial(step))
+
+    assert cache.key(export, lambda report: None) is None
+
+
+def test_parquetdir_identity_covers_every_table_file(tmp_path):
+    folder = tmp_path / "run_pqtdir"
+    folder.mkdir()
+    (folder / "NVTX_EVENTS.parquet").write_bytes(b"a")
+    before = cache.export_identity(folder)
+    (folder / "StringIds.parquet").write_bytes(b"b")
+    assert cache.export_identity(folder) != before
+
+
+def test_entries_round_trip_frames_and_notes(cache_dir):
+    frame = pl.DataFrame({"range": ["a", "b"], "ns": [1, 2**40], "ms": [0.5, None],
+                          "kind": pl.Series(["x", "y"], dtype=pl.Categorical),
+                          "ids": [[1, 2], []]})
+    assert cache.lookup("ab" + "0" * 62) is None
+    cache.store("ab" + "0" * 62, frame, ["one note", "two"])
+    got, notes = cache.lookup("ab" + "0" * 62)
+    assert got.equals(frame) and got.schema == frame.schema
+    assert notes == ["one note", "two"]
+    empty = pl.DataFrame(schema={"a": pl.Int64, "b": pl.String})
+    cache.store("cd" + "0" * 62, empty, [])
+    got, _ = cache.lookup("cd" + "0" * 62)
+    assert got.is_empty() and got.schema == empty.schema
+    assert not list(cache_dir.rglob("*.tmp"))
+
+
+def test_a_damaged_entry_is_removed_and_never_trusted(cache_dir):
+    key = "ef" + "1" * 62
+    cache.store(key, pl.DataFrame({"x": [1]}), [])
+    (entry,) = cache_dir.rglob("*.parquet")
+    entry.write_bytes(entry.read_bytes()[:40])  # cut short, as a full disk or a kill leaves a file
+    assert cache.lookup(key) is None
+    assert not entry.exists()
+
+
+def test_the_folder_is_kept_under_its_bound_least_recently_used_first(cache_dir, monkeypatch):
+    frame = pl.DataFrame({"x": list(range(20_000))})
+    keys = [f"{i:02d}" + "2" * 62 for i in range(4)]
+    for i, key in enumerate(keys):
+        cache.store(key, frame, [])
+        entry = next(cache_dir.glob(f"??/{key}.parquet"))
+        os.utime(entry, ns=(10**18 + i, 10**18 + i))
+    cache.lookup(keys[0])  # used now: the newest
+    size = next(cache_dir.glob("??/*.parquet")).stat().st_size
+    monkeypatch.setitem(cache._configured, "max_mb", (2.5 * size) / 2**20)
+    assert cache.prune() == 2
+    left = {p.stem for p in cache_dir.rglob("*.parquet")}
+    assert left == {keys[0], keys[3]}
+    assert cache.info()["entries"] == 2
+    assert cache.clear()["removed"] == 2 and cache.info()["entries"] == 0
+
+
+def test_unwritable_cache_folder_is_not_an_error(tmp_path, monkeypatch):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(cache, "_configured", {"enabled": True, "directory": blocker / "cache"})
+    cache.store("aa" + "3" * 62, pl.DataFrame({"x": [1]}), [])
+    assert cache.lookup("aa" + "3" * 62) is None
+
+
+def test_settings_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setattr(cache, "_configured", {})
+    monkeypatch.setenv("NSYSAN_CACHE_DIR", str(tmp_path / "c"))
+    monkeypatch.setenv("NSYSAN_CACHE_MAX_MB", "3")
+    monkeypatch.setenv("NSYSAN_NO_CACHE", "0")
+    now = cache.settings()
+    assert now == cache.Settings(True, tmp_path / "c", 3 * 2**20)
+    monkeypatch.setenv("NSYSAN_NO_CACHE", "1")
+    assert not cache.settings().enabled
+    with cache.disabled():
+        assert not cache.settings().enabled
+    monkeypatch.delenv("NSYSAN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.settings().directory == Path(tmp_path / "xdg" / "nsysan" / "analysis")
