@@ -143,3 +143,18 @@ def test_settings_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("NSYSAN_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert cache.settings().directory == Path(tmp_path / "xdg" / "nsysan" / "analysis")
+
+
+def test_cache_info_and_clear_commands(cache_dir):
+    import json
+
+    from typer.testing import CliRunner
+
+    from nsysan.cli import app
+
+    cache.store("ab" + "4" * 62, pl.DataFrame({"x": [1]}), [])
+    shown = json.loads(CliRunner().invoke(app, ["cache", "info", "--json"]).stdout)
+    assert shown["directory"] == str(cache_dir) and shown["entries"] == 1 and shown["enabled"]
+    text = CliRunner().invoke(app, ["cache", "clear"])
+    assert text.exit_code == 0 and "removed 1 entries" in text.stdout
+    assert not list(cache_dir.rglob("*.parquet"))

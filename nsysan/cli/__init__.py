@@ -6,6 +6,7 @@
 * :mod:`~nsysan.cli.dist`: ``comm``, ``skew`` (distributed runs);
 * :mod:`~nsysan.cli.export`: ``export``, ``doctor``;
 * :mod:`~nsysan.cli.run`: ``run`` (the experiment runner);
+* :mod:`~nsysan.cli.cache`: ``cache info``, ``cache clear`` (the analysis cache);
 * :mod:`~nsysan.cli.options`: the options every command shares and the command skeleton;
 * :mod:`~nsysan.cli.views`: how each result is shown as a table.
 
@@ -15,14 +16,14 @@ from __future__ import annotations
 
 import typer
 
-from nsysan.cli import compare, dist, export, gpu, run, stages
+from nsysan.cli import cache, compare, dist, export, gpu, run, stages
 
 app = typer.Typer(
     name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
     help="Answers from Nsight Systems profiles: per-stage latency, kernels, copies, GPU utilization, comparisons "
     "and NUMA penalties, over many reports.",
 )
-for family in (stages, gpu, compare, dist, export, run):
+for family in (stages, gpu, compare, dist, export, run, cache):
     app.add_typer(family.app)
 
 

@@ -27,12 +27,21 @@ def help_text(*args: str) -> str:
     return "\n".join(line.rstrip() for line in result.stdout.splitlines()).strip("\n")
 
 
+def _commands(group: typer.core.TyperGroup, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path, a group's subcommands after the group (``cache``, ``cache info``, ...)."""
+    out = []
+    for name, command in group.commands.items():
+        out.append((*prefix, name))
+        if hasattr(command, "commands"):
+            out += _commands(command, (*prefix, name))
+    return out
+
+
 def markdown() -> str:
-    commands = list(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
     parts = [HEADER, "```text", help_text().replace("Usage: root", "Usage: nsysan"), "```"]
-    for name in commands:
-        parts += ["", f"## nsysan {name}", "", "```text", help_text(name).replace("Usage: root", "Usage: nsysan"),
-                  "```"]
+    for path in _commands(typer.main.get_command(app)):  # type: ignore[arg-type]
+        parts += ["", f"## nsysan {' '.join(path)}", "", "```text",
+                  help_text(*path).replace("Usage: root", "Usage: nsysan"), "```"]
     return "\n".join(parts) + "\n"
 
 
