@@ -41,6 +41,8 @@ from nsysan.metadata import sidecar_path
 SUFFIX = ".parquet"
 NOTES_KEY = "nsysan_notes"
 DEFAULT_MAX_MB = 2048
+#: For :func:`configure`: drop this process's setting and follow the environment again.
+FROM_ENVIRONMENT = "environment"
 
 
 @dataclass(frozen=True)
@@ -63,11 +65,14 @@ def settings() -> Settings:
     return Settings(bool(enabled), Path(directory).expanduser(), int(max_mb * 2**20))
 
 
-def configure(*, enabled: bool | None = None, directory: str | os.PathLike | None = None,
+def configure(*, enabled: bool | str | None = None, directory: str | os.PathLike | None = None,
               max_mb: float | None = None) -> None:
-    """Set the cache's settings for this process (``None`` leaves one as it is)."""
+    """Set the cache's settings for this process (``None`` leaves one as it is, :data:`FROM_ENVIRONMENT`
+    follows the environment again)."""
     for key, value in (("enabled", enabled), ("directory", directory), ("max_mb", max_mb)):
-        if value is not None:
+        if isinstance(value, str) and value == FROM_ENVIRONMENT:
+            _configured.pop(key, None)
+        elif value is not None:
             _configured[key] = value
 
 

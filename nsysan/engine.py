@@ -19,6 +19,7 @@ The input collection is never changed: failures and notes travel in the :class:`
 """
 from __future__ import annotations
 
+import functools
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -30,7 +31,7 @@ import polars as pl
 
 from nsysan.collection import Collection, Failure, collect
 from nsysan.errors import NsysanError, NsysanWarning
-from nsysan import ranks
+from nsysan import cache, parallel, ranks
 from nsysan.load import Report
 
 Runs = Union[Collection, Report, str, os.PathLike, Iterable[Union[str, os.PathLike, Report]]]
@@ -141,20 +142,68 @@ def _pooled_ranks(frame: pl.DataFrame, by: Sequence[str]) -> list[str]:
 
 def _each(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progress: Progress
           ) -> Iterable[tuple[Path, pl.DataFrame | Failure, list[str]]]:
+    """Every report's outcome in the collection's order: its tagged frame or its failure, and its notes.
+
+    Outcomes come from the analysis cache where it holds them; the others are computed where
+    :mod:`nsysan.parallel` says (reports the caller holds open, in this process) and then cached."""
     collection = found.collection
+    outcomes: dict[Path, tuple[pl.DataFrame | Failure, list[str]]] = {}
+    keys: dict[Path, str] = {}
+    use_cache = cache.settings().enabled
+    todo = []
     for path in collection.paths:
         meta = collection.metadata[path]
-        raised: list[str] = []
-        try:
-            if isinstance(meta, Failure):
-                yield path, meta, raised
-                continue
-            outcome = _analyse(path, found.opened.get(path), per_report, raised)
-            yield path, outcome if isinstance(outcome, Failure) else _tagged(
-                outcome, {"report": collection.names[path], **meta}), raised
-        finally:
-            if progress:
-                progress(path)
+        if isinstance(meta, Failure):
+            outcomes[path] = meta, []
+            continue
+        key = cache.key(path, per_report) if use_cache and _exists(path) else None
+        hit = cache.lookup(key) if key else None
+        if hit is not None:
+            outcomes[path] = hit
+            continue
+        if key:
+            keys[path] = key
+        todo.append(path)
+    for path in outcomes:
+        _tick(progress, path)
+    here = [p for p in todo if p in found.opened]
+    elsewhere = [p for p in todo if p not in found.opened]
+    for path in here:
+        outcomes[path] = _work(path, per_report, found.opened[path])
+        _tick(progress, path)
+    for i, outcome in parallel.run_each(functools.partial(_work, per_report=per_report), elsewhere):
+        outcomes[elsewhere[i]] = outcome
+        _tick(progress, elsewhere[i])
+    for path, key in keys.items():
+        frame, raised = outcomes[path]
+        if isinstance(frame, pl.DataFrame):
+            cache.store(key, frame, raised)
+    if keys:
+        cache.prune()
+    for path in collection.paths:
+        outcome, raised = outcomes[path]
+        if isinstance(outcome, pl.DataFrame):
+            outcome = _tagged(outcome, {"report": collection.names[path], **collection.metadata[path]})
+        yield path, outcome, raised
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _tick(progress: Progress, path: Path) -> None:
+    if progress:
+        progress(path)
+
+
+def _work(path: Path, per_report: Callable[[Report], pl.DataFrame], report: Report | None = None
+          ) -> tuple[pl.DataFrame | Failure, list[str]]:
+    """One report's untagged frame (or failure) and notes; runs in a worker process as well as here."""
+    raised: list[str] = []
+    return _analyse(path, report, per_report, raised), raised
 
 
 def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], pl.DataFrame],

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -91,7 +93,8 @@ def _in_processes(work: Callable[[T], R], tasks: list[T], jobs: int) -> Iterator
     # DuckDB's threads in the workers share the cores: as many workers as cores, one thread each.
     threads = max(1, available_cores() // jobs)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
-        pending = {pool.submit(work, task): i for i, task in enumerate(tasks)}
+        with _main_hidden():  # the workers start at the first submit
+            pending = {pool.submit(work, task): i for i, task in enumerate(tasks)}
         try:
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -103,6 +106,25 @@ def _in_processes(work: Callable[[T], R], tasks: list[T], jobs: int) -> Iterator
         finally:
             for future in pending:
                 future.cancel()
+
+
+@contextmanager
+def _main_hidden() -> Iterator[None]:
+    """Start workers without the caller's ``__main__``: multiprocessing would run the caller's script again in
+    every worker (all of it, where a script has no ``if __name__ == "__main__"`` guard), and the work sent
+    to them is nsysan's own functions, which need nothing of it."""
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__dict__["__spec__"] = None
+    try:
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _start_worker(threads: int) -> None:

@@ -158,3 +158,98 @@ def test_cache_info_and_clear_commands(cache_dir):
     text = CliRunner().invoke(app, ["cache", "clear"])
     assert text.exit_code == 0 and "removed 1 entries" in text.stdout
     assert not list(cache_dir.rglob("*.parquet"))
+
+
+# -- the cache under every analysis ------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[Path]:
+    """Copies of the samples and the distributed capture (the test touches and edits them) and one broken file."""
+    import nsysan
+
+    folder = tmp_path_factory.mktemp("corpus")
+    paths = []
+    for source in [*nsysan.sample_paths()[:3], FIXTURES / "h200x2" / "ddp_resnet18_2gpu.sqlite"]:
+        shutil.copy(source, folder / source.name)
+        paths.append(folder / source.name)
+    (folder / "broken.sqlite").write_text("not an export")
+    return [*paths, folder / "broken.sqlite"]
+
+
+def _same(a, b) -> None:
+    assert a.frame.equals(b.frame), (a.frame, b.frame)
+    assert a.frame.schema == b.frame.schema
+    assert a.notes == b.notes and a.analysed == b.analysed
+    assert [f.reason for f in a.failures] == [f.reason for f in b.failures]
+
+
+@pytest.mark.parametrize("name", ["latency", "latency_trace", "kernels", "bandwidth", "copy_sizes", "utilization",
+                                  "top_kernels", "throughput", "comm", "skew", "collective_calls", "timeline", "info"])
+def test_every_analysis_reads_the_same_warm_as_cold_without_opening_an_export(name, corpus, cache_dir, monkeypatch):
+    import nsysan
+    from nsysan import engine
+
+    analysis = nsysan.ANALYSES[name]
+    with cache.disabled():
+        reference = analysis(corpus)
+    cold = analysis(corpus)
+    _same(reference, cold)
+    assert cold.failures  # the broken file, whose failure is not cached: one entry per report analysed
+    assert len(list(cache_dir.rglob("*.parquet"))) == cold.analysed
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("a warm call opened an export")
+
+    healthy = [p for p in corpus if p not in {f.path for f in cold.failures}]  # failures are not cached
+    with cache.disabled():
+        expected = analysis(healthy)
+    monkeypatch.setattr(engine, "_analyse", no_export)
+    _same(expected, analysis(healthy))
+
+
+def test_a_changed_export_or_sidecar_is_read_again(corpus, cache_dir):
+    import nsysan
+
+    sample = corpus[0]
+    first = nsysan.latency(sample)
+    (entry,) = cache_dir.rglob("*.parquet")
+    os.utime(sample, ns=(sample.stat().st_atime_ns, sample.stat().st_mtime_ns + 10**9))  # as a re-export does
+    again = nsysan.latency(sample)
+    _same(first, again)
+    assert len(list(cache_dir.rglob("*.parquet"))) == 2 and entry.exists()
+
+    sidecar = sample.with_name(sample.name.removesuffix(".sqlite") + ".meta.json")
+    original = sidecar.read_text() if sidecar.exists() else None
+    try:
+        sidecar.write_text('{"batch_size": 7}')
+        relabelled = nsysan.throughput(sample)
+        assert relabelled.frame["batch_size"].to_list() == [7]
+    finally:
+        sidecar.unlink() if original is None else sidecar.write_text(original)
+
+
+def test_a_damaged_entry_is_rebuilt_with_the_same_numbers(corpus, cache_dir):
+    import nsysan
+
+    first = nsysan.kernels(corpus[1])
+    (entry,) = cache_dir.rglob("*.parquet")
+    entry.write_bytes(b"PAR1 damaged")
+    _same(first, nsysan.kernels(corpus[1]))
+    assert entry.stat().st_size > 100  # written whole again
+
+
+def test_no_cache_on_the_command_line_neither_reads_nor_writes(corpus, cache_dir, monkeypatch):
+    from typer.testing import CliRunner
+
+    from nsysan.cli import app
+
+    monkeypatch.setattr(cache, "_configured", {"directory": cache_dir})
+    monkeypatch.setenv("NSYSAN_NO_CACHE", "0")
+    ran = CliRunner().invoke(app, ["latency", "--no-cache", "-f", "csv", str(corpus[0])])
+    assert ran.exit_code == 0, ran.output
+    assert not list(cache_dir.rglob("*.parquet"))
+    cached = CliRunner().invoke(app, ["latency", "-f", "csv", str(corpus[0])])
+    assert cached.stdout == ran.stdout and len(list(cache_dir.rglob("*.parquet"))) == 1

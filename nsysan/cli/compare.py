@@ -14,7 +14,7 @@ from nsysan.cli.options import (
     Sample,
     analyse,
     keys_from,
-    selection_options,
+    execution_options, selection_options,
     stats_options,
     user_errors,
 )
@@ -65,6 +65,7 @@ def _only(metrics: str | None, fmt: str | None, call: Any) -> Any:
 @app.command()
 @stats_options
 @selection_options
+@execution_options
 def compare(
     paths: Paths = None,
     sample: Sample = False,
@@ -104,6 +105,7 @@ def compare(
 @app.command()
 @stats_options
 @selection_options
+@execution_options
 def numa(
     paths: Paths = None,
     sample: Sample = False,

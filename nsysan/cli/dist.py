@@ -6,7 +6,8 @@ from typing import Annotated, Any, Optional
 import typer
 
 from nsysan.cli import views
-from nsysan.cli.options import By, FormatOpt, Output, Paths, Sample, analyse, keys_from, selection_options, user_errors
+from nsysan.cli.options import (By, FormatOpt, Output, Paths, Sample, analyse, execution_options, keys_from,
+                                selection_options, user_errors)
 from nsysan.errors import NsysanError
 
 app = typer.Typer()
@@ -29,6 +30,7 @@ def _message_bytes(text: str | None) -> Any:
 
 @app.command()
 @selection_options
+@execution_options
 def comm(
     paths: Paths = None,
     sample: Sample = False,
@@ -60,6 +62,7 @@ def comm(
 
 @app.command()
 @selection_options
+@execution_options
 def skew(
     paths: Paths = None,
     sample: Sample = False,

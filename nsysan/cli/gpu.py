@@ -17,7 +17,7 @@ from nsysan.cli.options import (
     Sample,
     analyse,
     keys_from,
-    selection_options,
+    execution_options, selection_options,
 )
 
 app = typer.Typer()
@@ -25,6 +25,7 @@ app = typer.Typer()
 
 @app.command()
 @selection_options
+@execution_options
 def kernels(
     paths: Paths = None,
     sample: Sample = False,
@@ -51,6 +52,7 @@ def kernels(
 
 @app.command()
 @selection_options
+@execution_options
 def bandwidth(
     paths: Paths = None,
     sample: Sample = False,
@@ -94,6 +96,7 @@ def bandwidth(
 
 @app.command()
 @selection_options
+@execution_options
 def utilization(
     paths: Paths = None,
     sample: Sample = False,
@@ -140,6 +143,7 @@ def utilization(
 
 @app.command()
 @selection_options
+@execution_options
 def throughput(
     paths: Paths = None,
     sample: Sample = False,

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 SELECTION_PANEL = "Instance selection (the same for every command)"
 STATS_PANEL = "Confidence intervals and verdicts"
+EXECUTION_PANEL = "Execution: workers, cluster, cache"
 
 Paths = Annotated[Optional[list[Path]], typer.Argument(
     help="nsys exports: .sqlite files, parquetdir folders, or folders to search recursively.", show_default=False)]
@@ -52,9 +53,10 @@ def keys_from(by: str | None, by_model: bool = False, default: tuple[str, ...] =
 
 
 # -- option groups: parameters added to a command's signature, turned into one value -------------------------
-def option_group(target: str, build: Callable[..., Any], **params: tuple[Any, Any]) -> Callable:
+def option_group(target: str | None, build: Callable[..., Any], **params: tuple[Any, Any]) -> Callable:
     """A decorator adding ``params`` (name -> (annotation, default)) to a command and passing
-    ``build(**their values)`` to it as ``target``, so that an option group is declared once for all commands."""
+    ``build(**their values)`` to it as ``target`` (with no target, ``build`` only applies the options), so that
+    an option group is declared once for all commands."""
 
     def decorate(command: Callable) -> Callable:
         signature = inspect.signature(command, eval_str=True)
@@ -65,7 +67,9 @@ def option_group(target: str, build: Callable[..., Any], **params: tuple[Any, An
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             values = {name: kwargs.pop(name) for name in params}
             with user_errors():
-                kwargs[target] = build(**values)
+                built = build(**values)
+            if target is not None:
+                kwargs[target] = built
             return command(*args, **kwargs)
 
         # typer reads this signature (inspect stops unwrapping at it), with the command's annotations evaluated
@@ -108,6 +112,31 @@ selection_options = option_group(
         "--batches", rich_help_panel=SELECTION_PANEL, show_default=False,
         help="Glob naming the per-batch (or per-step) ranges; the outermost matches are the measured batches. "
         f"Repeatable. Default: {' and '.join(defaults.BATCH_PATTERNS)}.")], None),
+)
+
+
+def _execution(jobs: str, scheduler: str | None, no_cache: bool) -> None:
+    from nsysan import cache, parallel
+
+    parallel.configure(jobs=jobs, scheduler=scheduler or "none")
+    # Per command: without --no-cache the environment decides (NSYSAN_NO_CACHE), as it does in the library.
+    cache.configure(enabled=False if no_cache else cache.FROM_ENVIRONMENT)
+
+
+execution_options = option_group(
+    None, _execution,
+    jobs=(Annotated[str, typer.Option(
+        "--jobs", "-j", rich_help_panel=EXECUTION_PANEL, envvar="NSYSAN_JOBS",
+        help="Worker processes reading reports at once: a number, or auto (the cores this process may use).")],
+        "auto"),
+    scheduler=(Annotated[Optional[str], typer.Option(
+        "--scheduler", rich_help_panel=EXECUTION_PANEL, envvar="NSYSAN_SCHEDULER", show_default=False,
+        help="Run the per-report work on this Dask distributed scheduler (tcp://host:8786; pip install "
+        "'nsysan[dask]'). Its workers must see the reports at the same paths.")], None),
+    no_cache=(Annotated[bool, typer.Option(
+        "--no-cache", rich_help_panel=EXECUTION_PANEL,
+        help="Read every export again instead of the analysis cache, and write nothing to it "
+        "(nsysan cache info says where it is).")], False),
 )
 
 

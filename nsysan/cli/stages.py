@@ -6,13 +6,15 @@ from typing import Annotated
 import typer
 
 from nsysan.cli import views
-from nsysan.cli.options import By, ByModel, FormatOpt, Output, Paths, Sample, analyse, keys_from, selection_options
+from nsysan.cli.options import (By, ByModel, FormatOpt, Output, Paths, Sample, analyse, execution_options, keys_from,
+                                selection_options)
 
 app = typer.Typer()
 
 
 @app.command()
 @selection_options
+@execution_options
 def latency(
     paths: Paths = None,
     sample: Sample = False,
@@ -52,6 +54,7 @@ def latency(
 
 
 @app.command()
+@execution_options
 def info(paths: Paths = None, sample: Sample = False, fmt: FormatOpt = None, output: Output = None) -> None:
     """What each export holds: nsys version, export schema, and how many ranges, kernels and copies.
 
