@@ -94,8 +94,12 @@ class Figures:
     def add(self, section: Section, id: str, title: str, draw: Callable[[], Any], caption: str = "") -> str | None:  # noqa: A002
         try:
             fig = draw()
-        except (ValueError, KeyError, nsysan.NsysanError, pl.exceptions.PolarsError) as e:
+        except (ValueError, KeyError, nsysan.NsysanError) as e:
             section.missing.append(f"The figure “{title}” could not be drawn: {e}")
+            return None
+        except Exception as e:  # noqa: BLE001 - a bug in one figure must not cost the whole report
+            first = (str(e).strip().splitlines() or [""])[0]
+            section.missing.append(f"The figure “{title}” could not be drawn: {type(e).__name__}: {first}")
             return None
         mime, data, width, height = encode(fig, fmt=self.fmt)
         fig.clear()

@@ -126,6 +126,9 @@ def _run(name: str, call: Callable[[], Result], outcomes: dict[str, Outcome], st
         outcome = Outcome(call())
     except (NsysanError, ValueError) as e:
         outcome = Outcome(error=str(e))
+    except Exception as e:  # noqa: BLE001 - a bug in one analysis must not cost the whole report
+        first = (str(e).strip().splitlines() or [""])[0]
+        outcome = Outcome(error=f"{type(e).__name__}: {first} (an nsysan error; please report it)")
     outcome.seconds = time.perf_counter() - started
     outcomes[name] = outcome
     return outcome
