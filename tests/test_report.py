@@ -253,3 +253,23 @@ def test_a_report_without_nvtx_ranges_says_what_it_cannot_compute(tmp_path):
     assert page.section("bandwidth").figures  # copies need no NVTX range
     check_references(page)
     check_self_contained(render_html(page))
+
+
+def test_figures_drawn_in_this_process_equal_the_workers(tmp_path):
+    """workers=0 draws in the caller's process; the figures and the page are the same as the workers' ones."""
+    path = copy_export(sample("vit32x2x128"), tmp_path, sidecar={"batch_size": 10})
+    local, remote = build_report(path, workers=0), build_report(path, workers=2)
+    assert [f.id for f in local.figures] == [f.id for f in remote.figures]
+    assert [len(f.data) for f in local.figures] == [len(f.data) for f in remote.figures]
+    assert [f.text for f in local.findings] == [f.text for f in remote.findings]
+
+
+def test_plot_theme_is_seaborns():
+    """nsysan.plots writes seaborn's theme out (so that drawing does not import seaborn): it must stay seaborn's."""
+    import seaborn as sns
+
+    from nsysan.plots.style import DEEP, SEABORN_THEME
+
+    theme = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85)}
+    assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in theme.items()} == SEABORN_THEME
+    assert sns.color_palette("deep", 10).as_hex() == DEEP

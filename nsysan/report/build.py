@@ -7,9 +7,11 @@ report is built. A section that lacks its data says so in ``missing``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import io
 import math
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -83,29 +85,126 @@ def data_url(figure: Figure) -> str:
     return f"data:{figure.mime};base64,{base64.b64encode(figure.data).decode()}"
 
 
-class Figures:
-    """Draws figures for sections, encodes them, and turns a drawing error into a sentence."""
+def render_figure(kind: str, args: tuple, kwargs: dict[str, Any], fmt: str) -> tuple[str, Any]:
+    """Draw ``nsysan.plots.<kind>(*args, **kwargs)`` and encode it: ("ok", (mime, bytes, width, height)) or
+    ("error", why). Runs in a worker process (everything here is picklable) or in the caller's."""
+    from nsysan import plots
 
-    def __init__(self, fmt: str = "svg") -> None:
+    try:
+        fig = getattr(plots, kind)(*args, **kwargs)
+        encoded = encode(fig, fmt=fmt)
+        fig.clear()
+        return "ok", encoded
+    except (ValueError, KeyError, nsysan.NsysanError) as e:
+        return "error", str(e)
+    except Exception as e:  # noqa: BLE001 - a bug in one figure must not cost the whole report
+        return "error", f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+class _Worker:
+    """One ``python -m nsysan.report.worker`` child; :meth:`run` sends a job and waits for its answer."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        # the worker imports the same nsysan as this process, wherever that comes from
+        here = os.path.dirname(os.path.dirname(os.path.abspath(nsysan.__file__)))
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen([sys.executable, "-m", "nsysan.report.worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path})
+
+    def run(self, job: tuple) -> tuple[str, Any]:
+        from nsysan.report.worker import receive, send
+
+        send(self.proc.stdin, job)
+        return receive(self.proc.stdout)
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 - a worker that will not stop is killed
+            self.proc.kill()
+            self.proc.wait()
+
+
+class _Now:
+    """A finished call, shaped like a future."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def result(self) -> Any:
+        return self.value
+
+
+class Figures:
+    """Draws the report's figures: in ``workers`` child processes (default two on a machine with two cores or
+    more, started before the analyses so that they import matplotlib meanwhile; :mod:`nsysan.report.worker`) or
+    in this one (``workers=0``). A figure that cannot be drawn becomes a sentence of its section."""
+
+    def __init__(self, fmt: str = "svg", workers: int | None = None) -> None:
         if fmt not in FIGURE_FORMATS:
             raise nsysan.NsysanError(f"figure format must be one of {', '.join(FIGURE_FORMATS)}, not {fmt!r}")
         self.fmt = fmt
+        self.jobs: list[tuple[Section, Figure, Any]] = []
+        count = workers if workers is not None else (2 if (os.cpu_count() or 1) >= 2 else 0)
+        self.workers: list[_Worker] = []
+        self.pool = None
+        if count > 0:
+            import queue
+            from concurrent.futures import ThreadPoolExecutor
 
-    def add(self, section: Section, id: str, title: str, draw: Callable[[], Any], caption: str = "") -> str | None:  # noqa: A002
+            self.workers = [_Worker() for _ in range(count)]
+            self.idle: queue.Queue[_Worker] = queue.Queue()
+            for worker in self.workers:
+                self.idle.put(worker)
+            self.pool = ThreadPoolExecutor(count)
+
+    def _remote(self, job: tuple) -> tuple[str, Any]:
+        worker = self.idle.get()
         try:
-            fig = draw()
-        except (ValueError, KeyError, nsysan.NsysanError) as e:
-            section.missing.append(f"The figure “{title}” could not be drawn: {e}")
-            return None
-        except Exception as e:  # noqa: BLE001 - a bug in one figure must not cost the whole report
-            first = (str(e).strip().splitlines() or [""])[0]
-            section.missing.append(f"The figure “{title}” could not be drawn: {type(e).__name__}: {first}")
-            return None
-        mime, data, width, height = encode(fig, fmt=self.fmt)
-        fig.clear()
-        section.figures.append(Figure(id=id, title=title, mime=mime, data=data, caption=caption, width_px=width,
-                                      height_px=height))
+            return worker.run(job)
+        finally:
+            self.idle.put(worker)
+
+    def add(self, section: Section, id: str, title: str, kind: str, *args: Any, caption: str = "",  # noqa: A002
+            **kwargs: Any) -> str:
+        """Queue ``nsysan.plots.<kind>(*args, **kwargs)`` as figure ``id`` of ``section``; returns ``id``."""
+        job = self.pool.submit(self._remote, (kind, args, kwargs, self.fmt)) if self.pool else \
+            _Now(render_figure(kind, args, kwargs, self.fmt))
+        slot = Figure(id=id, title=title, mime="", data=b"", caption=caption)
+        section.figures.append(slot)
+        self.jobs.append((section, slot, job))
         return id
+
+    def finish(self) -> set[str]:
+        """Wait for every figure; returns the ids of those that could not be drawn."""
+        failed = set()
+        try:
+            for section, slot, job in self.jobs:
+                try:
+                    status, value = job.result()
+                except Exception as e:  # noqa: BLE001 - a worker that died
+                    status, value = "error", f"{type(e).__name__}: {e}"
+                if status == "ok":
+                    slot.mime, slot.data, slot.width_px, slot.height_px = value
+                else:
+                    section.figures.remove(slot)
+                    section.missing.append(f"The figure “{slot.title}” could not be drawn: {value}")
+                    failed.add(slot.id)
+        finally:
+            self.close()
+        return failed
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        for worker in self.workers:
+            worker.close()
+        self.workers = []
 
 
 def _plots() -> Any:
@@ -118,7 +217,8 @@ def _plots() -> Any:
 def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selection = DEFAULT,
                  baseline: dict[str, Any] | None = None, attribution: str = "auto",
                  stats: dict[str, Any] | None = None, title: str | None = None, figures: str = "svg",
-                 inputs: Sequence[Any] = (), step: Callable[[str], None] | None = None) -> Page:
+                 inputs: Sequence[Any] = (), step: Callable[[str], None] | None = None,
+                 workers: int | None = None) -> Page:
     """The report of ``runs`` (paths, folders, a study folder, or a :class:`~nsysan.collection.Collection`) as a
     :class:`~nsysan.report.model.Page`: what was run, findings, and one section per analysis.
 
@@ -127,17 +227,37 @@ def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selectio
     run without a variant); ``attribution``: as in :func:`nsysan.latency`, or ``auto`` (``thread``, nsys's rule, unless other threads
     launched some ranges' GPU work: then ``process``); ``stats``: options of
     :func:`nsysan.compare` (confidence, resamples, seed, min_effect_pct, adjust, block); ``figures``:
-    ``svg`` or ``png``; ``inputs``: the paths the user gave (where study records are looked for; default the
+    ``svg`` or ``png``; ``workers``: processes that draw the figures (default two where there are two cores,
+    0: in this process); ``inputs``: the paths the user gave (where study records are looked for; default the
     runs' own paths)."""
     from pathlib import Path
 
     given = [Path(p) for p in inputs] or ([Path(runs)] if isinstance(runs, (str, Path)) else
                                           [Path(p) for p in runs] if isinstance(runs, (list, tuple)) else [])
-    found = analyse(runs, inputs=given, by=by, select=select, attribution=attribution, baseline=baseline,
-                    stats=stats, step=step)
-    draw = Figures(figures)
-    if step:
-        step("figures")
+    draw = Figures(figures, workers=workers)  # workers start importing matplotlib while the analyses run
+    try:
+        found = analyse(runs, inputs=given, by=by, select=select, attribution=attribution, baseline=baseline,
+                        stats=stats, step=step)
+        sections = _sections(found, draw)
+        if step:
+            step("figures")
+        failed = draw.finish()
+    finally:
+        draw.close()
+    for section in sections:  # a finding never points to a figure that could not be drawn
+        section.findings = [dataclasses.replace(f, figure=None) if f.figure in failed else f for f in section.findings]
+    _number(sections)
+    summary = Section("findings", "Findings", intro="Computed from the numbers below; each points to its evidence.")
+    summary.findings = [f for s in sections for f in s.findings]
+    if not summary.findings:
+        summary.missing.append("Nothing could be computed from these inputs (see What was run).")
+    return Page(title=title or _title(found), subtitle=_subtitle(found),
+                generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                sections=[summary, *sections], facts=_facts(found),
+                meta={"seconds": {k: round(v.seconds, 3) for k, v in found.outcomes.items()}})
+
+
+def _sections(found: Analyses, draw: Figures) -> list[Section]:
     sections = [_runs(found), _stages(found, draw), _throughput(found, draw), _bandwidth(found, draw),
                 _flags(found), _utilization(found, draw), _kernels(found, draw), _compare(found, draw),
                 _numa(found, draw)]
@@ -145,16 +265,7 @@ def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selectio
         sections.append(_distributed(found, draw))
     sections.append(_timeline(found, draw))
     sections.append(_notes(found))
-    _number(sections)
-    summary = Section("findings", "Findings", intro="Computed from the numbers below; each points to its evidence.")
-    summary.findings = [f for s in sections for f in s.findings]
-    if not summary.findings:
-        summary.missing.append("Nothing could be computed from these inputs (see What was run).")
-    page = Page(title=title or _title(found), subtitle=_subtitle(found),
-                generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-                sections=[summary, *sections], facts=_facts(found),
-                meta={"seconds": {k: round(v.seconds, 3) for k, v in found.outcomes.items()}})
-    return page
+    return sections
 
 
 def _number(sections: list[Section]) -> None:
@@ -277,9 +388,8 @@ def _stages(found: Analyses, draw: Figures) -> Section:
         if not shares.is_empty():
             rows = rows.join(shares.select(*keys, "range", "share_pct"), on=[*keys, "range"], how="left",
                              nulls_equal=True, maintain_order="left")
-    fig = draw.add(s, "fig-stages", "Stage breakdown", lambda: _plots().stage_breakdown(
-        frame.filter(pl.col("range").is_in(shown)), by=keys, stages=stages, total=found.batch),
-        caption=f"Bars: medians per stage; whiskers: p95; ◆: the whole {found.batch or 'batch'}'s median.")
+    fig = draw.add(s, "fig-stages", "Stage breakdown", "stage_breakdown", frame.filter(pl.col("range").is_in(shown)),
+                   by=keys, stages=stages, total=found.batch, caption=f"Bars: medians per stage; whiskers: p95; ◆: the whole {found.batch or 'batch'}'s median.")
     s.tables.append(table("tab-stages", "Stage latency per group", rows, [*key_columns(keys), *LATENCY_COLUMNS],
                           caption="Means and p95 over the measured instances; share = stage mean / batch mean."))
     if found.batch:
@@ -333,8 +443,8 @@ def _throughput(found: Analyses, draw: Figures) -> Section:
     x = _scaling_axis(latency)
     fig = None
     if x:
-        fig = draw.add(s, "fig-scaling", f"Scaling with model {x}", lambda: _plots().scaling(
-            latency, frame if not frame.is_empty() else None, x=x))
+        fig = draw.add(s, "fig-scaling", f"Scaling with model {x}", "scaling", latency,
+                       frame if not frame.is_empty() else None, x=x)
     s.findings += F.transfer_share_findings(shares, keys, figure=fig, table="tab-transfer-share")
     return s
 
@@ -356,8 +466,8 @@ def _bandwidth(found: Analyses, draw: Figures) -> Section:
     keys = list(found.by)
     if summary.frame.is_empty():
         return s
-    fig = draw.add(s, "fig-bandwidth", "Copy bandwidth and copy sizes", lambda: _plots().bandwidth_chart(
-        summary.frame, sizes.frame if not sizes.frame.is_empty() else None))
+    fig = draw.add(s, "fig-bandwidth", "Copy bandwidth and copy sizes", "bandwidth_chart", summary.frame,
+                   sizes.frame if not sizes.frame.is_empty() else None)
     frame = staged.frame if not staged.frame.is_empty() else summary.frame
     frame = frame.with_columns(mb_total=pl.col("bytes_total") / 1e6)
     s.tables.append(table("tab-bandwidth", "Copy bandwidth per group and stage", frame,
@@ -420,11 +530,11 @@ def _utilization(found: Analyses, draw: Figures) -> Section:
     if not frames:
         return s
     both = pl.concat(frames, how="diagonal_relaxed").with_columns(window_ms=pl.col("window_ns") / 1e6)
-    fig = draw.add(s, "fig-busy", "GPU busy and idle", lambda: _plots().busy_idle(pl.concat(frames,
-                                                                                          how="diagonal_relaxed")))
+    fig = draw.add(s, "fig-busy", "GPU busy and idle", "busy_idle", pl.concat(frames, how="diagonal_relaxed"))
     gaps = None
     if not parts.frame.is_empty():
-        gaps = draw.add(s, "fig-gaps", "Idle gaps", lambda: _plots().idle_gaps(parts.frame, by=keys),
+        gaps = draw.add(s, "fig-gaps", "Idle gaps", "idle_gaps", parts.frame.select(
+            *keys, *(c for c in ("device_id", "stream_id", "window") if c in parts.frame.columns), "gaps_ns"), by=keys,
                         caption="Weighted by gap length: where the idle time goes.")
     s.tables.append(table("tab-utilization", "GPU utilization per group and window", both,
                           [*key_columns(keys), *UTIL_COLUMNS], marked=lambda r: bool(r.get("launch_bound"))))
@@ -443,7 +553,7 @@ def _kernels(found: Analyses, draw: Figures) -> Section:
     if frame.is_empty():
         return s
     shown = frame.group_by([*keys, "device_id"], maintain_order=True).head(5) if keys else frame
-    fig = draw.add(s, "fig-kernels", "Top kernels", lambda: _plots().top_kernels_chart(frame, top_n=6))
+    fig = draw.add(s, "fig-kernels", "Top kernels", "top_kernels_chart", frame, top_n=6)
     s.tables.append(table("tab-kernels", "Top kernels per group (five each)", shown.with_columns(
         time_ms=pl.col("time_ns") / 1e6), [*key_columns(keys), Column("name", "Kernel", numeric=False),
                                            Column("instances", "Launches"), Column("time_ms", "Time", "ms"),
@@ -470,7 +580,7 @@ def _compare(found: Analyses, draw: Figures) -> Section:
     frame = out.frame
     if frame.is_empty():
         return s
-    fig = draw.add(s, "fig-forest", "Changes against the baseline", lambda: _plots().comparison_forest(frame))
+    fig = draw.add(s, "fig-forest", "Changes against the baseline", "comparison_forest", frame)
     rows = frame.filter(pl.col("verdict") != "baseline", pl.col("statistic") == "mean")
     s.tables.append(table("tab-compare", "Changes against the baseline (means)", rows, [
         *key_columns(keys), Column("stage", "Stage", numeric=False), Column("direction", "Direction", numeric=False),
@@ -501,7 +611,7 @@ def _numa(found: Analyses, draw: Figures) -> Section:
             s.notes.append("The study's summary records remote_placement_tested = false.")
         return s
     s.notes += notes
-    fig = draw.add(s, "fig-numa", "NUMA penalty", lambda: _plots().numa_penalty_heatmap(out.result))
+    fig = draw.add(s, "fig-numa", "NUMA penalty", "numa_penalty_heatmap", out.result)
     pair = frame.columns[: frame.columns.index("local_numa")]
     rows = frame.filter(pl.col("statistic") == "mean")
     s.tables.append(table("tab-numa", "NUMA penalty per pair group and stage (means)", rows, [
@@ -536,8 +646,7 @@ def _distributed(found: Analyses, draw: Figures) -> Section:
     s.missing += comm.missing("Communication")
     fig_comm = None
     if not comm.frame.is_empty():
-        fig_comm = draw.add(s, "fig-comm", "Communication and compute per rank",
-                            lambda: _plots().comm_overlap_chart(comm.frame))
+        fig_comm = draw.add(s, "fig-comm", "Communication and compute per rank", "comm_overlap_chart", comm.frame)
         s.tables.append(table("tab-comm", "NCCL communication per rank and collective", comm.frame, [
             Column("report", "Report", numeric=False), Column("rank", "Rank"), Column("device_id", "GPU"),
             Column("collective", "Collective", numeric=False), Column("calls", "Calls"),
@@ -552,8 +661,8 @@ def _distributed(found: Analyses, draw: Figures) -> Section:
     fig_skew = None
     if not calls.frame.is_empty():
         first = calls.frame["report"][0]
-        fig_skew = draw.add(s, "fig-skew", "Arrival skew per NCCL call", lambda: _plots().skew_chart(
-            calls.frame.filter(pl.col("report") == first)))
+        fig_skew = draw.add(s, "fig-skew", "Arrival skew per NCCL call", "skew_chart",
+                            calls.frame.filter(pl.col("report") == first))
     if not skew.frame.is_empty():
         s.tables.append(table("tab-skew", "Arrival at NCCL calls per rank", skew.frame, [
             Column("report", "Report", numeric=False), Column("rank", "Rank"),
@@ -581,8 +690,8 @@ def _timeline(found: Analyses, draw: Figures) -> Section:
     out = found["timeline"]
     s.missing += out.missing("The timeline")
     if not out.frame.is_empty():
-        draw.add(s, "fig-timeline", f"GPU timeline of {found.timeline_report}",
-                 lambda: _plots().gpu_timeline(out.frame), caption=str(out.frame["window"][0]))
+        draw.add(s, "fig-timeline", f"GPU timeline of {found.timeline_report}", "gpu_timeline", out.frame,
+                 caption=str(out.frame["window"][0]))
     return s
 
 
