@@ -12,7 +12,6 @@ import typer
 
 from nsysan.cli.compare import _baseline
 from nsysan.cli.options import (
-    By,
     Paths,
     Sample,
     finish,
@@ -26,6 +25,11 @@ from nsysan.cli.options import (
 from nsysan.errors import NsysanError
 
 app = typer.Typer()
+
+By = Annotated[Optional[str], typer.Option(
+    "--by", help="Group by these comma-separated keys: report, run metadata (model, numa, variant, ...) or per-row "
+    "keys (pid, device_id, ...). Default: model and the run metadata that varies between the exports (variant, "
+    "gpu, numa), else report.")]
 
 Baseline = Annotated[Optional[str], typer.Option(
     "--baseline", help="The comparison's baseline group as key=value pairs of --by keys (e.g. variant=eager; an "

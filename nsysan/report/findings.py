@@ -503,7 +503,7 @@ def transfer_share_findings(shares: pl.DataFrame, keys: Sequence[str], *, figure
         return []
     values = ordered["transfer_share_pct"].to_list()
     names = [group_name(r, keys) for r in _rows(ordered)]
-    kw = {"figure": figure, "table": table, "section": "scaling"}
+    kw = {"figure": figure, "table": table, "section": "throughput"}
     cross = next((i for i in range(1, len(values)) if values[i - 1] >= 50 > values[i]
                   and all(v < 50 for v in values[i:])), None)
     if cross is not None:

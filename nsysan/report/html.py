@@ -36,5 +36,6 @@ def render_html(page: Page) -> str:
     def links(finding: Finding) -> list[tuple[str, str]]:
         return [(ref, refs[ref]) for ref in (finding.figure, finding.table) if ref and ref in refs]
 
-    return template.render(page=page, links=links, css=environment().loader.get_source(environment(),
+    titles = {s.id: s.short_title for s in page.sections}
+    return template.render(page=page, links=links, titles=titles, css=environment().loader.get_source(environment(),
                                                                                          "report.css")[0])

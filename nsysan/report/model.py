@@ -80,6 +80,11 @@ class Section:
     missing: list[str] = field(default_factory=list)
     facts: list[tuple[str, str]] = field(default_factory=list)
 
+    @property
+    def short_title(self) -> str:
+        """The section's name in a finding's tag: its title up to a colon or "with"."""
+        return self.title.split(":")[0].split(" with ")[0]
+
 
 @dataclass
 class Page:
