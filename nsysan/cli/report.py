@@ -92,20 +92,15 @@ def report(
                                 attribution=attribution, stats=stats, title=title, figures=figures, inputs=given,
                                 step=step)
             write_report(page, output, inputs=[*given, *runs.paths])
-    unreadable = [f for s in page.sections if s.id == "runs" for t in s.tables if t.id == "tab-unreadable" for f in t.rows]
     message(f"nsysan: wrote {output} ({output.stat().st_size / 1e6:.1f} MB): {len(page.findings)} finding(s), "
             f"{len(page.figures)} figure(s), {len(page.tables)} table(s)")
-    if unreadable:
+    unreadable = page.meta.get("unreadable", [])
+    if unreadable:  # listed in the page; the exit code says some inputs failed, as every command's does
+        import polars as pl
+
         from nsysan.engine import Result
 
-        finish(Result(__import__("polars").DataFrame(), tuple(_failures(unreadable)), (),
-                      len(runs) - len(unreadable)), len(runs))
-
-
-def _failures(rows: list[list[str]]) -> list[Any]:
-    from nsysan.collection import Failure
-
-    return [Failure(Path(path), reason) for path, reason in rows]
+        finish(Result(pl.DataFrame(), tuple(unreadable), (), len(runs) - len(unreadable)), len(runs))
 
 
 # -- nsysan plot ---------------------------------------------------------------------------------------------------------

@@ -85,13 +85,16 @@ def data_url(figure: Figure) -> str:
     return f"data:{figure.mime};base64,{base64.b64encode(figure.data).decode()}"
 
 
-def render_figure(kind: str, args: tuple, kwargs: dict[str, Any], fmt: str) -> tuple[str, Any]:
+def render_figure(kind: str, args: tuple, kwargs: dict[str, Any], fmt: str | None) -> tuple[str, Any]:
     """Draw ``nsysan.plots.<kind>(*args, **kwargs)`` and encode it: ("ok", (mime, bytes, width, height)) or
-    ("error", why). Runs in a worker process (everything here is picklable) or in the caller's."""
+    ("error", why); with ``fmt`` None, ("ok", the call's value). Runs in a worker process (everything here is
+    picklable) or in the caller's."""
     from nsysan import plots
 
     try:
         fig = getattr(plots, kind)(*args, **kwargs)
+        if fmt is None:  # a frame re-arrangement of nsysan.plots (transfer_share, model_shape), not a figure
+            return "ok", fig
         encoded = encode(fig, fmt=fmt)
         fig.clear()
         return "ok", encoded
@@ -179,6 +182,16 @@ class Figures:
         self.jobs.append((section, slot, job))
         return id
 
+    def call(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        """``nsysan.plots.<kind>(*args, **kwargs)`` for a pure helper of the plots (``transfer_share``,
+        ``model_shape``), computed where matplotlib is already imported (a worker), so this process never
+        imports it. Raises what the helper raised, as a ValueError."""
+        job = (kind, args, kwargs, None)
+        status, value = self._remote(job) if self.pool else render_figure(*job)
+        if status != "ok":
+            raise ValueError(value)
+        return value
+
     def finish(self) -> set[str]:
         """Wait for every figure; returns the ids of those that could not be drawn."""
         failed = set()
@@ -254,7 +267,8 @@ def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selectio
     return Page(title=title or _title(found), subtitle=_subtitle(found),
                 generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
                 sections=[summary, *sections], facts=_facts(found),
-                meta={"seconds": {k: round(v.seconds, 3) for k, v in found.outcomes.items()}})
+                meta={"seconds": {k: round(v.seconds, 3) for k, v in found.outcomes.items()},
+                      "unreadable": list(found.unreadable), "exports": len(found.collection)})
 
 
 def _sections(found: Analyses, draw: Figures) -> list[Section]:
@@ -401,13 +415,13 @@ def _stages(found: Analyses, draw: Figures) -> Section:
 
 
 # -- Throughput and scaling ----------------------------------------------------------------------------------------------
-def _scaling_axis(latency: pl.DataFrame) -> str | None:
+def _scaling_axis(latency: pl.DataFrame, draw: Figures | None = None) -> str | None:
     """The model-shape key a scaling figure can use: one along which some series (models equal in the other
     shape keys and variant) has at least three points."""
     if "model" not in latency.columns:
         return None
-    shapes = _plots().model_shape(latency.select("model", *(["variant"] if "variant" in latency.columns else []))
-                                  .unique())
+    models = latency.select("model", *(["variant"] if "variant" in latency.columns else [])).unique()
+    shapes = draw.call("model_shape", models) if draw is not None else _plots().model_shape(models)
     shapes = shapes.filter(pl.col("depth").is_not_null(), pl.col("patch") > 0)
     for x in ("depth", "dim", "patch"):
         others = [k for k in ("patch", "depth", "dim", "variant") if k != x and k in shapes.columns]
@@ -435,12 +449,19 @@ def _throughput(found: Analyses, draw: Figures) -> Section:
     latency = found["latency"].frame
     if latency.is_empty() or "model" not in keys or not {"h2d", "forward"} <= set(latency["range"].to_list()):
         return s
-    shares = _plots().transfer_share(latency)
+    try:
+        shares = draw.call("transfer_share", latency)
+    except ValueError as e:
+        s.missing.append(f"Transfer and compute GPU time could not be computed: {e}")
+        return s
     s.tables.append(table("tab-transfer-share", "Transfer and compute GPU time per batch", shares, [
         *key_columns(keys), Column("transfer_ms", "Transfer (h2d + d2h) GPU", "ms"),
         Column("compute_ms", "Compute (forward) GPU", "ms"), Column("transfer_share_pct", "Transfer share", "%")],
         caption="Means per batch of the stages' projected GPU time."))
-    x = _scaling_axis(latency)
+    try:
+        x = _scaling_axis(latency, draw)
+    except ValueError:
+        x = None
     fig = None
     if x:
         fig = draw.add(s, "fig-scaling", f"Scaling with model {x}", "scaling", latency,
