@@ -105,8 +105,12 @@ class Report:
         self.name = report_stem(self.path)
         self._derived: dict[tuple, Any] = {}
         self._con = duckdb.connect(config={"threads": 2})
-        # DuckDB draws a progress bar on stderr for long queries, over our own.
-        self._con.execute("SET enable_progress_bar = false")
+        # DuckDB draws a progress bar on stderr for long queries, over our own. In Jupyter without ipywidgets
+        # DuckDB refuses any change of that setting (and draws no bar there): then it stays as it is.
+        try:
+            self._con.execute("SET enable_progress_bar = false")
+        except duckdb.Error:
+            pass
         try:
             sources = self._attach()
             self._present = set(sources)

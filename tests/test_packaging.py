@@ -33,7 +33,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_every_module_data_file_and_workload(wheel):
     shipped = set(zipfile.ZipFile(wheel).namelist())
     wanted = {p.relative_to(ROOT).as_posix() for p in (ROOT / "nsysan").rglob("*")
-              if p.is_file() and p.suffix in {".py", ".sql", ".yaml", ".sqlite", ".json"}
+              if p.is_file() and p.suffix in {".py", ".sql", ".yaml", ".sqlite", ".json", ".j2", ".css"}
               and "__pycache__" not in p.parts}
     wanted |= {f"nsysan/workloads/{p.name}" for p in (ROOT / "workloads").glob("*.py")}
     assert "nsysan/workloads/vit_pipeline.py" in wanted

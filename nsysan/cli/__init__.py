@@ -4,6 +4,7 @@
 * :mod:`~nsysan.cli.gpu`: ``kernels``, ``bandwidth``, ``utilization``, ``throughput``;
 * :mod:`~nsysan.cli.compare`: ``compare``, ``numa``;
 * :mod:`~nsysan.cli.dist`: ``comm``, ``skew`` (distributed runs);
+* :mod:`~nsysan.cli.report`: ``report`` (one HTML page), ``plot`` (one figure);
 * :mod:`~nsysan.cli.export`: ``export``, ``doctor``;
 * :mod:`~nsysan.cli.run`: ``run`` (the experiment runner);
 * :mod:`~nsysan.cli.cache`: ``cache info``, ``cache clear`` (the analysis cache);
@@ -16,14 +17,14 @@ from __future__ import annotations
 
 import typer
 
-from nsysan.cli import cache, compare, dist, export, gpu, run, stages
+from nsysan.cli import cache, compare, dist, export, gpu, report, run, stages
 
 app = typer.Typer(
     name="nsysan", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, rich_markup_mode="markdown",
     help="Answers from Nsight Systems profiles: per-stage latency, kernels, copies, GPU utilization, comparisons "
     "and NUMA penalties, over many reports.",
 )
-for family in (stages, gpu, compare, dist, export, run, cache):
+for family in (stages, gpu, compare, dist, report, export, run, cache):
     app.add_typer(family.app)
 
 

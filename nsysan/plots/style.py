@@ -14,15 +14,33 @@ from typing import Any, TypeVar
 
 import matplotlib as mpl
 import numpy as np
-import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 # -- theme ---------------------------------------------------------------------------------------------------
+#: seaborn 0.13's ``axes_style("whitegrid")`` and ``plotting_context("notebook", font_scale=0.85)``, written out so
+#: that drawing a figure does not import seaborn (and with it scipy.stats: seconds on a small machine);
+#: tests/test_report.py checks them against seaborn.
+SEABORN_THEME: dict[str, Any] = {
+    "figure.facecolor": "white", "axes.labelcolor": ".15", "xtick.direction": "out", "ytick.direction": "out",
+    "xtick.color": ".15", "ytick.color": ".15", "axes.axisbelow": True, "grid.linestyle": "-", "text.color": ".15",
+    "font.family": ["sans-serif"],
+    "font.sans-serif": ["Arial", "DejaVu Sans", "Liberation Sans", "Bitstream Vera Sans", "sans-serif"],
+    "lines.solid_capstyle": "round", "patch.edgecolor": "w", "patch.force_edgecolor": True, "image.cmap": "rocket",
+    "xtick.top": False, "ytick.right": False, "axes.grid": True, "axes.facecolor": "white", "axes.edgecolor": ".8",
+    "grid.color": ".8", "axes.spines.left": True, "axes.spines.bottom": True, "axes.spines.right": True,
+    "axes.spines.top": True, "xtick.bottom": False, "ytick.left": False, "axes.linewidth": 1.25, "grid.linewidth": 1,
+    "lines.linewidth": 1.5, "lines.markersize": 6, "patch.linewidth": 1, "xtick.major.width": 1.25,
+    "ytick.major.width": 1.25, "xtick.minor.width": 1, "ytick.minor.width": 1, "xtick.major.size": 6,
+    "ytick.major.size": 6, "xtick.minor.size": 4, "ytick.minor.size": 4, "font.size": 10.2, "axes.labelsize": 10.2,
+    "axes.titlesize": 10.2, "xtick.labelsize": 9.35, "ytick.labelsize": 9.35, "legend.fontsize": 9.35,
+    "legend.title_fontsize": 10.2,
+}
+#: seaborn's "deep" palette (``color_palette("deep", 10)``).
+DEEP = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
 RC: dict[str, Any] = {
-    **sns.axes_style("whitegrid"),
-    **sns.plotting_context("notebook", font_scale=0.85),
+    **SEABORN_THEME,
     "font.sans-serif": ["DejaVu Sans", "Liberation Sans", "sans-serif"],
     "axes.titleweight": "bold",
     "figure.titlesize": 12,
@@ -38,7 +56,7 @@ _LOCK = threading.RLock()
 F = TypeVar("F", bound=Callable[..., Figure])
 
 # -- colours -------------------------------------------------------------------------------------------------
-_DEEP = sns.color_palette("deep", 10).as_hex()
+_DEEP = DEEP
 #: Pipeline stages in pipeline order, with their colours (other stages get the palette's remaining colours).
 PIPELINE_STAGES = ("preprocess", "h2d", "forward", "d2h")
 STAGE_COLORS: dict[str, str] = {"preprocess": _DEEP[1], "h2d": _DEEP[2], "forward": _DEEP[0], "d2h": _DEEP[4]}
@@ -69,7 +87,11 @@ def stage_color(stage: str, order: Sequence[str] = ()) -> str:
 
 def palette(n: int) -> list[str]:
     """``n`` distinguishable colours (seaborn's deep palette, then husl)."""
-    return _DEEP[:n] if n <= len(_DEEP) else sns.color_palette("husl", n).as_hex()
+    if n <= len(_DEEP):
+        return _DEEP[:n]
+    import seaborn as sns
+
+    return sns.color_palette("husl", n).as_hex()
 
 
 # -- building figures ----------------------------------------------------------------------------------------

@@ -73,13 +73,18 @@ def time_unit(span_ns: int) -> tuple[float, str]:
 def _lanes(frame: pl.DataFrame) -> list[tuple[str, pl.DataFrame]]:
     """(label, rows) per lane: thread × NVTX level first (by pid, tid), then GPU × stream."""
     lanes = []
+    # several ranks (processes of a distributed job): each thread lane names its rank
+    ranked = "rank" in frame.columns and frame["rank"].drop_nulls().n_unique() > 1
+    rank_of = dict(frame.filter(pl.col("pid").is_not_null()).select("pid", "rank").unique("pid").iter_rows()) \
+        if ranked else {}
     frame = frame.select("lane", "kind", "name", "start_ns", "end_ns", "device_id", "stream_id", "pid", "tid",
                          "thread", "level")
     ranges = frame.filter(pl.col("lane") == "thread")
     for (pid, tid, level), rows in sorted(ranges.partition_by("pid", "tid", "level", as_dict=True).items(),
                                           key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
         name = rows["thread"][0] or "thread"
-        lanes.append((f"{shorten(name, 18)} {tid} · NVTX L{level}", rows))
+        rank = f"rank {rank_of[pid]} · " if rank_of.get(pid) is not None else ""
+        lanes.append((f"{rank}{shorten(name, 18)} {tid} · NVTX L{level}", rows))
     ops = frame.filter(pl.col("lane") == "gpu")
     for (device, stream), rows in sorted(ops.partition_by("device_id", "stream_id", as_dict=True).items(),
                                          key=lambda kv: tuple(-1 if v is None else v for v in kv[0])):
