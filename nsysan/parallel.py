@@ -140,7 +140,7 @@ def _on_dask(work: Callable[[T], R], tasks: list[T], address: str) -> Iterator[t
         client = Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as e:
         raise NsysanError(f"cannot reach the Dask scheduler at {address} ({e})") from None
-    with client:
+    with client, client.as_current():
         futures = client.map(work, tasks, pure=False)
         index = {future.key: i for i, future in enumerate(futures)}
         for future in as_completed(futures):

@@ -45,7 +45,8 @@ def installed(wheel, tmp_path_factory) -> Path:
     """A virtual environment with the wheel installed; its other packages are this interpreter's."""
     env = tmp_path_factory.mktemp("venv") / "env"
     venv.create(env, system_site_packages=True, with_pip=True)
-    subprocess.run([env / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+    subprocess.run([env / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--no-index",
+                    "--ignore-installed", str(wheel)],  # else pip keeps an nsysan it finds installed already
                    check=True, capture_output=True, text=True)
     return env
 

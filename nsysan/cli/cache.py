@@ -11,7 +11,8 @@ from nsysan.cli.options import user_errors
 app = typer.Typer()
 cache_app = typer.Typer(no_args_is_help=True, help="The analysis cache: where it is, how big, and emptying it. "
                         "Analyses keep what each report contributes there and read it back while the export, "
-                        "its sidecar and nsysan are unchanged; --no-cache (or NSYSAN_NO_CACHE=1) bypasses it.")
+                        "its sidecar and nsysan are unchanged; --no-cache (or NSYSAN_NO_CACHE=1) bypasses it.\n\n"
+                        "Example: nsysan cache info")
 app.add_typer(cache_app, name="cache")
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

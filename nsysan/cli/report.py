@@ -14,6 +14,7 @@ from nsysan.cli.compare import _baseline
 from nsysan.cli.options import (
     Paths,
     Sample,
+    execution_options,
     finish,
     inputs_from,
     keys_from,
@@ -53,6 +54,7 @@ def _status(what: str) -> Iterator[Callable[[str], None] | None]:
 
 
 @app.command()
+@execution_options
 @stats_options
 @selection_options
 def report(
@@ -225,6 +227,7 @@ def figure_for(kind: str, runs: Any, *, keys: tuple[str, ...] | None, select: An
 
 
 @app.command()
+@execution_options
 @stats_options
 @selection_options
 def plot(

@@ -21,7 +21,7 @@ import nsysan
 from nsysan.render import format_number
 from nsysan.report import findings as F
 from nsysan.report.data import Analyses, analyse
-from nsysan.report.model import Column, Figure, Finding, Page, Section, Table
+from nsysan.report.model import Column, Figure, Page, Section, Table
 from nsysan.selection import DEFAULT, Selection
 
 FIGURE_FORMATS = ("svg", "png")
