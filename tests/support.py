@@ -1,12 +1,19 @@
 """Helpers several test modules share: running nsys stats live."""
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import polars as pl
 import pytest
+
+#: A folder where nsys stats output is kept per (export content, reports, format, nsys): set by
+#: scripts/mutation, whose every mutant re-runs the same reports on the same files. nsys's numbers depend on
+#: the export only, never on nsysan, so reusing them changes nothing about what is compared.
+CACHE_ENV = "NSYSAN_NSYS_STATS_CACHE"
 
 
 def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path, *, fmt: str = "csv",
@@ -15,6 +22,10 @@ def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path, 
 
     The export is copied into ``folder`` first so that nsys never touches the files under test."""
     folder.mkdir(parents=True, exist_ok=True)
+    cache = _cache_dir(nsys, export, reports, fmt)
+    if cache is not None and all((cache / _csv_name(r)).exists() for r in reports):
+        return {r: pl.read_csv(cache / _csv_name(r), schema_overrides=schema_overrides, infer_schema_length=None)
+                for r in reports}
     source = folder / export.name
     shutil.copyfile(export, source)
     prefix = folder / "stats"
@@ -23,9 +34,25 @@ def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path, 
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     out = {}
     for report in reports:
-        csv = Path(f"{prefix}_{report.replace(':', '_')}.csv")
+        csv = Path(f"{prefix}_{_csv_name(report)}")
         if not csv.exists():
             pytest.fail(f"nsys stats wrote no {csv.name} (exit {done.returncode}): {' '.join(args)}\n"
                         f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         out[report] = pl.read_csv(csv, schema_overrides=schema_overrides, infer_schema_length=None)
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(csv, cache / _csv_name(report))
     return out
+
+
+def _csv_name(report: str) -> str:
+    return f"{report.replace(':', '_')}.csv"
+
+
+def _cache_dir(nsys: str, export: Path, reports: tuple[str, ...], fmt: str) -> Path | None:
+    root = os.environ.get(CACHE_ENV)
+    if not root:
+        return None
+    key = hashlib.sha256(Path(export).read_bytes())
+    key.update(repr((str(nsys), sorted(reports), fmt)).encode())
+    return Path(root) / key.hexdigest()[:32]
