@@ -56,3 +56,27 @@ def _cache_dir(nsys: str, export: Path, reports: tuple[str, ...], fmt: str) -> P
     key = hashlib.sha256(Path(export).read_bytes())
     key.update(repr((str(nsys), sorted(reports), fmt)).encode())
     return Path(root) / key.hexdigest()[:32]
+
+
+class Lazy(dict):
+    """A mapping whose values are computed on first access (``compute(key)``) and kept: session fixtures over
+    many exports then cost only the exports that the selected tests ask for."""
+
+    def __init__(self, keys, compute):
+        super().__init__()
+        self._keys, self._compute = list(keys), compute
+
+    def __missing__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        value = self[key] = self._compute(key)
+        return value
+
+    def keys(self):  # noqa: D102 - every key, computed or not
+        return list(self._keys)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)

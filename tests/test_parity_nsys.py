@@ -32,7 +32,7 @@ from nsysan.attribution import launch_pairs, launches
 from nsysan.analyses.kernels import kernel_durations, kernel_summary
 from nsysan.analyses.latency import latency_summary, range_trace
 from nsysan.selection import Selection
-from support import nsys_stats
+from support import Lazy, nsys_stats
 
 EVERYTHING = Selection.everything()
 GPU_RUN = sorted((Path(__file__).parent / "fixtures" / "gpu_run").glob("*.sqlite"))
@@ -175,9 +175,12 @@ def exports(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def theirs(nsys, exports, tmp_path_factory) -> dict[str, dict[str, pl.DataFrame]]:
     root = tmp_path_factory.mktemp("parity_stats")
-    reports = {name: REPORTS if name in REAL or _has_kernels(path) else REPORTS[:3] for name, path in exports.items()}
-    return {name: nsys_stats(nsys, path, reports[name], root / name, schema_overrides=TEXT)
-            for name, path in exports.items()}
+
+    def stats(name: str) -> dict[str, pl.DataFrame]:
+        path = exports[name]
+        reports = REPORTS if name in REAL or _has_kernels(path) else REPORTS[:3]
+        return nsys_stats(nsys, path, reports, root / name, schema_overrides=TEXT)
+    return Lazy(exports, stats)
 
 
 def _has_kernels(path: Path) -> bool:
@@ -187,11 +190,10 @@ def _has_kernels(path: Path) -> bool:
 
 @pytest.fixture(scope="session")
 def ours(exports) -> dict[str, pl.DataFrame]:
-    out = {}
-    for name, path in exports.items():
-        with nsysan.open(path) as report:
-            out[name] = range_trace(report)
-    return out
+    def trace(name: str) -> pl.DataFrame:
+        with nsysan.open(exports[name]) as report:
+            return range_trace(report)
+    return Lazy(exports, trace)
 
 
 ALL = sorted([*REAL, *CASES])

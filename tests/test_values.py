@@ -20,6 +20,7 @@ import pytest
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
+from support import Lazy
 from nsysan.analyses.bandwidth import bandwidth_summary, copy_trace
 from nsysan.analyses.compare import Settings, compare_groups, stage_observations
 from nsysan.analyses.kernels import kernel_durations, kernel_summary
@@ -335,13 +336,11 @@ def _clip(spans: list[tuple[int, int]], window: list[tuple[int, int]]) -> list[t
 
 @pytest.fixture(scope="module")
 def sweep_windows() -> dict[tuple[str, str], dict]:
-    out = {}
-    for window in ("forward", "batches", "h2d"):
-        result = nsysan.utilization(list(SAMPLES.values()), window=window)
-        assert result.ok, result.failures
-        for row in result.frame.iter_rows(named=True):
-            out[(row["report"], window)] = row
-    return out
+    def row(key: tuple[str, str]) -> dict:
+        result = nsysan.utilization(SAMPLES[key[0]], window=key[1])
+        assert result.ok and result.frame.height == 1, result.failures
+        return result.frame.row(0, named=True)
+    return Lazy([(name, window) for name in SAMPLES for window in ("forward", "batches", "h2d")], row)
 
 
 @pytest.mark.parametrize("window", ["forward", "batches", "h2d"])
