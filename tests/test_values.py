@@ -494,3 +494,21 @@ def test_kernel_time_pct_is_a_share_of_each_report(tmp_path):
     with nsysan.open(paths[0]) as report:
         alone = kernel_summary(kernel_durations(report, select=EVERYTHING), by=())
     assert alone["time_pct"].to_list() == pytest.approx([75.0, 25.0])
+
+
+def test_numa_heatmap_values_and_direction(pair):
+    from nsysan.analyses.numa import numa_heatmap
+    penalty = numa_penalty(pair, settings=Settings(resamples=200))
+    local, remote = _expected(LOCAL), _expected(REMOTE)
+    heat = numa_heatmap(penalty, metric="bandwidth_gbps", direction="Host-to-Device")
+    key = ("h2d", "bandwidth_gbps", "mean")
+    assert heat.columns[-4:] == ["local_numa", "remote_numa", "mean_penalty_pct", "h2d (Host-to-Device)"]
+    assert heat["h2d (Host-to-Device)"].item() == pytest.approx(100 * (remote[key] / local[key] - 1), rel=1e-9)
+    assert heat["mean_penalty_pct"].item() == heat["h2d (Host-to-Device)"].item()
+    with pytest.raises(nsysan.NsysanError, match="no bandwidth_gbps/mean penalties here"):
+        numa_heatmap(penalty, metric="bandwidth_gbps", direction="Device-to-Host")
+    times = numa_heatmap(penalty, metric="range_ms", statistic="p95")
+    assert times.columns[-2:] == ["batch_*", "h2d"]
+    for stage in ("batch_*", "h2d"):
+        k = (stage, "range_ms", "p95")
+        assert times[stage].item() == pytest.approx(100 * (remote[k] / local[k] - 1), rel=1e-9)
