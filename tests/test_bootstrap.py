@@ -250,3 +250,56 @@ def test_coverage_is_95_not_93_percent(block):
         ci = ratio_ci(a, b, statistic="mean", resamples=1000, seed=rep, block=block)
         hits += ci.ci_low <= 1.2 <= ci.ci_high
     assert 0.935 <= hits / reps <= 0.965
+
+
+# -- edges -------------------------------------------------------------------------------------------------------
+def test_percentile_names_at_the_ends():
+    x = np.array([[3.0, 1.0, 2.0, 10.0]])
+    assert reducer("p0")(x)[0] == 1.0 and reducer("p99.99")(x)[0] == pytest.approx(10.0, rel=1e-3)
+    assert reducer("p50")(x)[0] == reducer("median")(x)[0] == 2.5
+    assert reducer("p99.5")(x)[0] == pytest.approx(3 + 0.985 * 7)  # sorted 1 2 3 10: rank 2.985, between 3 and 10
+    for bad in ("p100.5", "p", "q50", "p-1", "p123"):
+        with pytest.raises(ValueError):
+            reducer(bad)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, -0.5])
+def test_confidence_must_lie_strictly_between_0_and_1(confidence):
+    with pytest.raises(ValueError, match="confidence"):
+        ratio_ci([1.0, 2.0], [1.0, 2.0], confidence=confidence)
+
+
+def test_resamples_must_be_positive_and_one_is_enough():
+    with pytest.raises(ValueError, match="resamples"):
+        ratio_ci([1.0, 2.0], [1.0, 2.0], resamples=0)
+    ci = ratio_ci([1.0, 2.0], [2.0, 4.0], resamples=1, seed=0)
+    assert ci.estimate == 2.0 and ci.ci_low == ci.ci_high and ci.resamples == 1  # one resampled ratio
+    with pytest.raises(ValueError, match="1-D"):
+        ratio_ci(np.zeros((2, 2, 2)), [1.0])
+
+
+def test_resampled_ratios_of_zero_over_zero_are_dropped_not_propagated():
+    """A baseline that is mostly 0: some resamples of both samples are all zeros (0 / 0 = NaN). Those ratios
+    are dropped, so the lower bound is that of the other ratios (0: resamples of the other sample that are all
+    zeros). (Resamples with a zero baseline and a non-zero other give infinite ratios: the upper bound is then
+    not finite, and the verdict is no clear change.)"""
+    a = np.array([0.0, 0.0, 0.0, 4.0])
+    b = np.array([0.0, 0.0, 0.0, 8.0])
+    ci = ratio_ci(a, b, resamples=3000, seed=2)
+    assert ci.estimate == 2.0
+    assert ci.ci_low == 0.0
+    assert not math.isfinite(ci.ci_high) and verdict(ci.ci_low, ci.ci_high) == "no clear change"
+
+
+@pytest.mark.parametrize(("low", "high", "min_effect", "expected"), [
+    (0.90, 1.00, 0.0, "no clear change"),  # touching 1 from below is not beyond it
+    (1 + 0.05, 1.2, 0.05, "no clear change"),  # exactly the minimum effect is not beyond it
+    (0.8, 1 / (1 + 0.05), 0.05, "no clear change"),
+    (1.0501, 1.2, 0.05, "slower"),
+    (0.8, 0.9523, 0.05, "faster"),
+])
+def test_verdict_at_the_thresholds(low, high, min_effect, expected):
+    assert verdict(low, high, min_effect=min_effect) == expected
+    # The same interval for a rate: the verdicts swap, never "no change" into a change.
+    swapped = {"slower": "faster", "faster": "slower"}.get(expected, expected)
+    assert verdict(low, high, min_effect=min_effect, higher_is_better=True) == swapped
