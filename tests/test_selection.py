@@ -95,3 +95,12 @@ def test_selection_is_checked_and_described():
     assert Selection().describe() == "excluding warmup_*; numbered ranges pooled"
     assert Selection(exclude_within=(), skip_first=2, merge_numbered=False).describe() == (
         "all instances; first 2 of each range skipped")
+    assert Selection(exclude_within=("warmup_*", "init")).describe() == "excluding warmup_*, init; numbered ranges pooled"
+
+
+def test_everything_keeps_every_instance_with_its_recorded_name():
+    everything = Selection.everything()
+    assert (everything.exclude_within, everything.skip_first, everything.merge_numbered, everything.batches) == (
+        (), 0, False, "batch_*")
+    assert Selection.everything(batches="step_*").batches == "step_*"
+    assert everything.describe() == "all instances"

@@ -96,8 +96,9 @@ def test_batch_size_sources(tmp_path):
     named = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1_bs4.sqlite", [1000])
     r = only_row(nsysan.throughput(named))
     assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "name", 4)
-    forced = only_row(nsysan.throughput(named, batch_size=3))
-    assert (forced["batch_size"], forced["batch_size_source"]) == (3, "argument")
+    forced = nsysan.throughput(named, batch_size=3).frame
+    assert (forced["batch_size"].item(), forced["batch_size_source"].item()) == (3, "argument")
+    assert forced.schema["batch_size"] == pl.Int64 and forced.schema["samples"] == pl.Int64
 
 
 def test_grouping_pools_runs(tmp_path):
@@ -196,6 +197,10 @@ def test_by_model_pools_the_pinned_and_pageable_runs():
     ({}, "xbs32", (None, None)),
     ({}, "run_bs32x", (None, None)),
     ({"batch": 3}, "run_bs32", (3, "sidecar:batch")),
+    ({"batch_size": 1}, None, (1, "sidecar:batch_size")),
+    ({"batch_size": "1"}, None, (1, "sidecar:batch_size")),
+    ({"batch_size": True, "batch": 5}, None, (5, "sidecar:batch")),
+    ({}, "run_bs1", (1, "name")),
 ])
 def test_batch_size_of_every_source(meta, report, expected):
     assert batch_size_of(meta, report) == expected
