@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 
 import nsysan
-from builders import MAIN_TID, ExportBuilder
+from builders import MAIN_PID, MAIN_TID, ExportBuilder
+from nsysan.analyses.bandwidth import copy_trace
+from nsysan.analyses.kernels import kernel_durations, kernel_summary
 from nsysan.analyses.latency import latency_summary, range_trace
 from nsysan.selection import Selection, pool_names, select_instances
 
@@ -451,3 +453,39 @@ def test_kernels_of_a_report_without_kernels_is_a_clear_error(tmp_path):
     assert str(path) in result.failures[0].reason and "no CUDA kernels" in result.failures[0].reason
     # The collection is not changed: analysing it again reports the failure once again, not twice.
     assert len(nsysan.kernels(runs).failures) == 1
+
+
+def test_cuda_calls_without_gpu_ops_give_no_projection(tmp_path):
+    b = ExportBuilder()
+    b.range("sync", 0, 100)
+    b.call(MAIN_TID, 10, 90, api="cudaDeviceSynchronize")  # a CUDA call that launched nothing
+    trace = trace_of(b, tmp_path)
+    assert facts(trace, "sync") == (0, None, 100, 0, None, None, 0)
+
+
+def test_work_launched_in_warmup_is_left_out_of_kernels_and_copies(tmp_path):
+    b = ExportBuilder()
+    b.range("warmup_0", 0, 100)
+    b.range("forward", 10, 90)  # nested in warm-up: its launches are warm-up work too
+    b.launch(MAIN_TID, 20, 30, 200, 210, name="gemm")
+    b.launch(MAIN_TID, 5, 8, 220, 240, name="relu")  # in warmup_0 itself
+    b.launch(MAIN_TID, 40, 50, 250, 260, kind="memcpy")
+    b.range("batch_1", 300, 400)
+    b.launch(MAIN_TID, 310, 320, 500, 530, name="gemm")
+    b.launch(MAIN_TID, 330, 340, 540, 550, kind="memcpy")
+    b.launch(MAIN_TID, 1000, 1010, 1100, 1104, name="relu")  # outside every range: kept
+    path = b.write(tmp_path / "warm.sqlite")
+    with nsysan.open(path) as report:
+        default = kernel_durations(report)
+        everything = kernel_durations(report, select=EVERYTHING)
+        copies = copy_trace(report)
+        all_copies = copy_trace(report, select=EVERYTHING)
+    assert default.select("name", "start_ns", "duration_ns", "pid").rows() == [("gemm", 500, 30, MAIN_PID),
+                                                                            ("relu", 1100, 4, MAIN_PID)]
+    assert sorted(everything["start_ns"].to_list()) == [200, 220, 500, 1100]
+    assert copies["start_ns"].to_list() == [540] and all_copies["start_ns"].to_list() == [250, 540]
+    summary = kernel_summary(default, by=())
+    assert dict(zip(summary["name"], summary["total_ns"])) == {"gemm": 30, "relu": 4}
+    # A selection whose warm-up pattern matches nothing keeps every kernel.
+    with nsysan.open(path) as report:
+        assert kernel_durations(report, select=Selection(exclude_within="nothing_*")).height == 4
