@@ -45,22 +45,26 @@ def _nsys(env_var: str) -> str:
 
 
 # -- no silent skips -----------------------------------------------------------------------------------------------
-_NEEDS_MISSING_NSYS: dict[str, int] = {}
+_SKIPPED_FOR_NSYS: dict[str, int] = {}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _deselect_slow_samples(config, items)
-    _NEEDS_MISSING_NSYS.clear()
-    for fixture, env_var in NSYS_FIXTURES.items():
-        if _nsys_path(env_var) is None:
-            count = sum(1 for item in items if fixture in getattr(item, "fixturenames", ()))
-            if count:
-                _NEEDS_MISSING_NSYS[env_var] = count
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count the tests skipped because an nsys is missing (the skip message of ``_nsys``)."""
+    if report.skipped and report.when == "setup" and INSTALL_HINT in str(report.longrepr):
+        env_vars = [v for v in NSYS_FIXTURES.values() if _nsys_path(v) is None] or ["nsys"]
+        key = " or ".join(env_vars)
+        _SKIPPED_FOR_NSYS[key] = _SKIPPED_FOR_NSYS.get(key, 0) + 1
 
 
 def _missing_message() -> str:
-    parts = [f"{count} test(s) need {env_var} (not found)" for env_var, count in _NEEDS_MISSING_NSYS.items()]
-    return f"nsysan: {'; '.join(parts)}: they were skipped. {INSTALL_HINT}. Set {ALLOW_SKIP}=1 to accept the skips."
+    count = sum(_SKIPPED_FOR_NSYS.values())
+    missing = ", ".join(_SKIPPED_FOR_NSYS)
+    return (f"nsysan: {count} test(s) skipped because no nsys was found ({missing}). {INSTALL_HINT}. "
+            f"Set {ALLOW_SKIP}=1 to accept the skips.")
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -70,12 +74,12 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    if _NEEDS_MISSING_NSYS and not _in_ci():
+    if _SKIPPED_FOR_NSYS and not _in_ci():
         terminalreporter.write_line(_missing_message(), red=not _skips_allowed(), yellow=_skips_allowed())
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _NEEDS_MISSING_NSYS and not _in_ci() and not _skips_allowed() and exitstatus == 0:
+    if _SKIPPED_FOR_NSYS and not _in_ci() and not _skips_allowed() and exitstatus == 0:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
