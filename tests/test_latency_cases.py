@@ -489,3 +489,28 @@ def test_work_launched_in_warmup_is_left_out_of_kernels_and_copies(tmp_path):
     # A selection whose warm-up pattern matches nothing keeps every kernel.
     with nsysan.open(path) as report:
         assert kernel_durations(report, select=Selection(exclude_within="nothing_*")).height == 4
+
+
+def test_summary_columns_and_kernel_order_on_ties(tmp_path):
+    b = ExportBuilder()
+    b.range("step", 0, 100)
+    b.launch(MAIN_TID, 10, 20, 100, 150, name="a_kernel")  # a_kernel: 2 x 50 = 100 ns
+    b.launch(MAIN_TID, 20, 30, 200, 250, name="a_kernel")
+    b.launch(MAIN_TID, 30, 40, 300, 400, name="c_kernel")  # c_kernel, b_kernel: 1 x 100 ns each
+    b.launch(MAIN_TID, 40, 50, 500, 600, name="b_kernel")
+    first = b.write(tmp_path / "a.sqlite")
+    second = ExportBuilder()
+    second.range("step", 0, 10)
+    second.launch(MAIN_TID, 1, 2, 5, 1005, name="z_kernel")
+    second = second.write(tmp_path / "b.sqlite")
+    kernels = nsysan.kernels([second, first], select=EVERYTHING).frame
+    # Per report in report order; within one, most total time first, then fewer instances, then by name.
+    assert kernels.select("report", "name").rows() == [("a", "b_kernel"), ("a", "c_kernel"), ("a", "a_kernel"),
+                                                       ("b", "z_kernel")]
+    summary = nsysan.latency([first, second], select=EVERYTHING).frame
+    assert summary.columns == [
+        "report", "range", "style", "instances", "range_total_ns", "gpu_instances", "gpu_proj_total_ns",
+        "gpu_ops_total", "gpu_busy_total_ns",
+        *[f"{prefix}_{s}" for prefix in ("range_ms", "gpu_proj_ms", "gpu_busy_ms")
+          for s in ("mean", "p50", "p95", "p99", "min", "max", "std")]]
+    assert summary.select("report", "range").rows() == [("a", "step"), ("b", "step")]
