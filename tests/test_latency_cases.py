@@ -451,6 +451,7 @@ def test_kernels_of_a_report_without_kernels_is_a_clear_error(tmp_path):
     assert result.frame.is_empty() and result.analysed == 0
     assert len(result.failures) == 1
     assert str(path) in result.failures[0].reason and "no CUDA kernels" in result.failures[0].reason
+    assert "needed for the kernel summary" in result.failures[0].reason
     # The collection is not changed: analysing it again reports the failure once again, not twice.
     assert len(nsysan.kernels(runs).failures) == 1
 
@@ -480,8 +481,9 @@ def test_work_launched_in_warmup_is_left_out_of_kernels_and_copies(tmp_path):
         everything = kernel_durations(report, select=EVERYTHING)
         copies = copy_trace(report)
         all_copies = copy_trace(report, select=EVERYTHING)
-    assert default.select("name", "start_ns", "duration_ns", "pid").rows() == [("gemm", 500, 30, MAIN_PID),
-                                                                            ("relu", 1100, 4, MAIN_PID)]
+    assert default.columns == ["name", "start_ns", "duration_ns", "device_id", "stream_id", "pid"]
+    assert default.rows() == [("gemm", 500, 30, 0, 7, MAIN_PID), ("relu", 1100, 4, 0, 7, MAIN_PID)]
+    assert default.schema["pid"] == pl.Int64
     assert sorted(everything["start_ns"].to_list()) == [200, 220, 500, 1100]
     assert copies["start_ns"].to_list() == [540] and all_copies["start_ns"].to_list() == [250, 540]
     summary = kernel_summary(default, by=())

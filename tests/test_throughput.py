@@ -236,3 +236,21 @@ def test_batch_trace_columns_by_hand(tmp_path):
         trace = batch_trace(report)
     assert trace.select("range", "start_ns", "end_ns", "batch_ns", "gpu_end_ns").rows() == [
         ("batch_0", 100, 400, 300, 900), ("batch_1", 500, 600, 100, None)]
+
+
+def test_one_report_with_metadata_columns_and_no_report_column(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000])  # one measured batch
+    with nsysan.open(path) as report:
+        batches = batch_trace(report)
+    tagged = batches.with_columns(batch=pl.lit(4), batch_size=pl.lit(None, pl.Int64))
+    r = throughput_summary(tagged, by=()).row(0, named=True)
+    assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "sidecar:batch", 4)
+    frame = throughput_summary(tagged, by=())
+    assert frame.schema["batch_size"] == pl.Int64 and frame.schema["samples"] == pl.Int64
+
+
+def test_sidecar_batch_size_as_text_and_a_stray_source_key(tmp_path):
+    path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000],
+                          sidecar={"batch_size": "16", "batch_size_source": "mine"})
+    r = only_row(nsysan.throughput(path))
+    assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (16, "sidecar:batch_size", 32)
