@@ -254,3 +254,14 @@ def test_sidecar_batch_size_as_text_and_a_stray_source_key(tmp_path):
                           sidecar={"batch_size": "16", "batch_size_source": "mine"})
     r = only_row(nsysan.throughput(path))
     assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (16, "sidecar:batch_size", 32)
+
+
+def test_several_batches_without_a_report_column(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000, 2000, 3000])
+    with nsysan.open(path) as report:
+        batches = batch_trace(report)
+    sized = throughput_summary(batches.with_columns(batch_size=pl.lit(2)), by=())
+    assert sized.select("batches", "batch_size", "batch_size_source", "samples").row(0) == (3, 2, "sidecar:batch_size", 6)
+    unknown = throughput_summary(batches, by=())
+    assert unknown["batch_size_source"].to_list() == [None]
+    assert unknown.schema["batch_size_source"] == pl.String and unknown.schema["batch_size"] == pl.Int64
