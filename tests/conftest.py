@@ -92,7 +92,7 @@ def _deselect_slow_samples(config: pytest.Config, items: list[pytest.Item]) -> N
     quick = {n for n in os.environ.get(QUICK_SAMPLES, "").split(",") if n}
     if not quick:
         return
-    real = {p.name.removesuffix(".sqlite") for p in [*nsysan.sample_paths(), *(FIXTURES / "gpu_run").glob("*.sqlite")]}
+    real = {p.name.removesuffix(".sqlite") for p in [*nsysan.sample_paths(), *FIXTURES.rglob("*.sqlite")]}
     keep, drop = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})

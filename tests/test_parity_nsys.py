@@ -35,8 +35,10 @@ from nsysan.selection import Selection
 from support import Lazy, nsys_stats
 
 EVERYTHING = Selection.everything()
-GPU_RUN = sorted((Path(__file__).parent / "fixtures" / "gpu_run").glob("*.sqlite"))
-REAL = {path.name.removesuffix(".sqlite"): path for path in [*nsysan.sample_paths(), *GPU_RUN]}
+#: Every real export in the repository: the bundled sweep and whatever tests/fixtures holds (gpu_run, and the
+#: captures later fixtures add).
+FIXTURE_EXPORTS = sorted((Path(__file__).parent / "fixtures").rglob("*.sqlite"))
+REAL = {path.name.removesuffix(".sqlite"): path for path in [*nsysan.sample_paths(), *FIXTURE_EXPORTS]}
 REPORTS = ("nvtx_gpu_proj_trace", "nvtx_gpu_proj_sum", "nvtx_sum", "cuda_gpu_kern_sum", "cuda_gpu_kern_sum:base")
 TEXT = {"Range": pl.String, "Style": pl.String, "Name": pl.String, "RangeStack": pl.String, "ParentId": pl.Int64,
         "Lvl": pl.Int64, "RangeId": pl.Int64, "Avg Range Lvl": pl.Float64}
