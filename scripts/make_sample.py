@@ -1,8 +1,9 @@
-"""Build the sample sweep shipped in the package from the H100 exports in ../shared/fixtures/h100.
+"""Build the sample sweep shipped in the package from a folder of untrimmed H100 exports and their truth files.
 
 The exports are copied whole except for tables nsysan and the ``nsys stats`` reports we reconcile with
 never read (OS runtime trace, call chains, profiler overhead, ...), then vacuumed. The truth JSONs go to
-tests/fixtures/h100/. Run from the repository root:  python scripts/make_sample.py [SOURCE_DIR]
+tests/fixtures/h100/ (its README.md says what they are). Run from the repository root:
+python scripts/make_sample.py SOURCE_DIR
 To trim one export the same way:  python scripts/make_sample.py --trim SOURCE.sqlite TARGET.sqlite
 """
 from __future__ import annotations
@@ -34,7 +35,9 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--trim":
         trim_export(Path(sys.argv[2]), Path(sys.argv[3]))
         return
-    source = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/fixtures/h100")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python scripts/make_sample.py SOURCE_DIR | --trim SOURCE.sqlite TARGET.sqlite")
+    source = Path(sys.argv[1])
     sample = Path("nsysan/sample")
     truth = Path("tests/fixtures/h100")
     truth.mkdir(parents=True, exist_ok=True)

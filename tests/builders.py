@@ -20,7 +20,7 @@ MAIN_TID = 101
 #: Real exports carry a hardware/VM id above the pid bits; keep one so that tests exercise the masking.
 HARDWARE_BITS = 1 << 48
 
-PUSHPOP, STARTEND, DOMAIN_CREATE = 59, 60, 75
+MARK, PUSHPOP, STARTEND, DOMAIN_CREATE = 34, 59, 60, 75
 OP_TABLES = {"kernel": "CUPTI_ACTIVITY_KIND_KERNEL", "memcpy": "CUPTI_ACTIVITY_KIND_MEMCPY",
              "memset": "CUPTI_ACTIVITY_KIND_MEMSET"}
 LAUNCH_API = {"kernel": "cudaLaunchKernel", "memcpy": "cudaMemcpyAsync", "memset": "cudaMemsetAsync"}
@@ -91,6 +91,10 @@ class ExportBuilder:
         end_gtid = gtid(pid, end_tid) if end_tid is not None else None
         return self._add("NVTX_EVENTS", (start, end, event_type, text, gtid(pid, tid), end_gtid, text_id,
                                          domain_id if domain_id is not None else 0))
+
+    def mark(self, name: str, at: int, *, tid: int = MAIN_TID, pid: int = MAIN_PID) -> None:
+        """Add an NVTX mark (eventType 34): an instant, not a range."""
+        self._add("NVTX_EVENTS", (at, None, MARK, name, gtid(pid, tid), None, None, 0))
 
     def domain(self, name: str, domain_id: int, *, at: int = 0, tid: int = MAIN_TID, pid: int = MAIN_PID) -> None:
         """Add the domain-create event (eventType 75) that names ``domain_id`` in process ``pid``."""

@@ -295,3 +295,46 @@ def test_pinned_input_is_faster_and_pageable_is_flagged(pair):
     assert pinned["bytes_total"] == pageable["bytes_total"]
     assert pinned["bandwidth_gbps"] > 2 * pageable["bandwidth_gbps"]
     assert pinned["copy_gbps_p50"] > 2 * pageable["copy_gbps_p50"]
+
+
+def test_size_histogram_rates_labels_and_stages_by_hand(tmp_path):
+    b = ExportBuilder()
+    b.range("batch_1", 0, 100)
+    b.range("batch_2", 200, 300)
+    copy(b, (10, 20), (1000, 1100), 3 << 20)  # 3 MiB in 100 ns, stage batch_1
+    copy(b, (210, 220), (2000, 2400), 2 << 20)  # 2 MiB in 400 ns, stage batch_2: same bucket [2 MiB, 4 MiB)
+    copy(b, (500, 510), (3000, 3001), 5 << 30)  # 5 GiB in 1 ns, outside every range: [4 GiB, 8 GiB)
+    path = b.write(tmp_path / "case.sqlite")
+    with nsysan.open(path) as report:
+        copies = copy_trace(report, by_stage=True, select=EVERY_COPY)
+    hist = copy_size_histogram(copies, by=(), select=EVERY_COPY)
+    got = {r["size_bucket"]: (r["copies"], r["bytes_total"], r["time_total_ns"], r["bandwidth_gbps"])
+           for r in hist.iter_rows(named=True)}
+    # [2 MiB, 4 MiB): 5 MiB in 500 ns = 10485.76 B/ns; [4 GiB, 8 GiB): 5 GiB in 1 ns.
+    assert got == {"[2 MiB, 4 MiB)": (2, 5 << 20, 500, pytest.approx((5 << 20) / 500)),
+                   "[4 GiB, 8 GiB)": (1, 5 << 30, 1, pytest.approx(5 << 30))}
+    # By stage, numbered stages pooled by the default selection: batch_1 and batch_2 are one stage batch_*.
+    staged = copy_size_histogram(copies, by=(), by_stage=True, select=Selection())
+    assert sorted(staged.select("stage", "size_from_bytes", "copies").rows(), key=str) == sorted(
+        [("batch_*", 2 << 20, 2), (None, 4 << 30, 1)], key=str)
+    as_recorded = copy_size_histogram(copies, by=(), by_stage=True, select=EVERY_COPY)
+    assert sorted(as_recorded["stage"].to_list(), key=str) == sorted(["batch_1", "batch_2", None], key=str)
+    assert as_recorded["stage"].to_list()[-1] is None  # empty stage last
+
+
+@pytest.mark.parametrize(("nbytes", "lower"), [
+    (0, 0), (1, 1), (3, 2), (4096, 4096), (4095, 2048), (3 << 20, 2 << 20), (1 << 40, 1 << 40),
+    # Near 2^53 and beyond, int -> float rounds up to the next power of two and log2 overshoots by one.
+    ((1 << 53) - 1, 1 << 52), ((1 << 60) - 1, 1 << 59), (1 << 60, 1 << 60), ((1 << 60) + 12345, 1 << 60),
+])
+def test_size_bucket_is_the_largest_power_of_two_at_most_the_size(nbytes, lower):
+    from nsysan.analyses.bandwidth import size_bucket
+    assert pl.select(size_bucket(pl.lit(nbytes, pl.Int64))).item() == lower
+
+
+@pytest.mark.parametrize(("nbytes", "label"), [(0, "0 B"), (512, "512 B"), (1024, "1 KiB"), (3 << 10, "3 KiB"),
+                                               (1 << 20, "1 MiB"), (1536 << 10, "1536 KiB"), (2 << 30, "2 GiB"),
+                                               (1 << 40, "1024 GiB"), (1000, "1000 B")])
+def test_human_bytes_labels(nbytes, label):
+    from nsysan.analyses.bandwidth import _human_bytes
+    assert pl.select(_human_bytes(pl.lit(nbytes, pl.Int64))).item() == label

@@ -57,28 +57,18 @@ def test_chunked_resampling_gives_the_same_values_as_one_chunk(monkeypatch):
     np.testing.assert_array_equal(whole, chunked)
 
 
-@pytest.mark.parametrize("block", [1, "auto"])
-def test_coverage_of_the_ratio_of_means_on_normal_data(block):
-    """Over many synthetic data sets with a known ratio of means (12 / 10), the 95 % interval holds it
-    about 95 % of the time (binomial sd over 300 repetitions: 1.3 points)."""
-    rng = np.random.default_rng(11)
-    truth, hits, reps = 1.2, 0, 300
-    for rep in range(reps):
-        a, b = rng.normal(10, 2, 40), rng.normal(12, 2, 40)
-        ci = ratio_ci(a, b, statistic="mean", resamples=800, seed=rep, block=block)
-        hits += ci.ci_low <= truth <= ci.ci_high
-    assert 0.89 <= hits / reps <= 0.99
-
-
 def test_coverage_of_the_ratio_of_p95_on_normal_data():
+    """400 data sets of 150 values with a known ratio of 95th percentiles: percentile intervals of a p95
+    over-cover; with these seeds the 95 % interval holds the truth 97.75 % of the time, a 93 % one 95.75 %,
+    which fails the band [96.5, 99] % (binomial sd: 0.75 points)."""
     rng = np.random.default_rng(12)
     truth = (12 + Z95 * 2) / (10 + Z95 * 2)
-    hits, reps = 0, 120
+    hits, reps = 0, 400
     for rep in range(reps):
         a, b = rng.normal(10, 2, 150), rng.normal(12, 2, 150)
         ci = ratio_ci(a, b, statistic="p95", resamples=500, seed=rep)
         hits += ci.ci_low <= truth <= ci.ci_high
-    assert 0.85 <= hits / reps <= 1.0
+    assert 0.965 <= hits / reps <= 0.99
 
 
 def test_identical_constant_samples_give_a_point_interval_and_no_change():
@@ -150,3 +140,167 @@ def test_scaling_one_sample_scales_estimate_and_interval(a, b, scale, statistic)
     assert scaled.ci_low == pytest.approx(plain.ci_low * scale, rel=1e-9)
     assert scaled.ci_high == pytest.approx(plain.ci_high * scale, rel=1e-9)
     assert plain.ci_low <= plain.ci_high
+
+
+# -- pinned: the same seeded draws through a small reference implementation --------------------------------------------
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between the two nearest order statistics (numpy's default), written out."""
+    rank = q * (len(sorted_values) - 1)
+    low = int(rank)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (rank - low) * (sorted_values[high] - sorted_values[low])
+
+
+def _reference_statistic(values: list, statistic: str) -> float:
+    if statistic == "weighted_mean":
+        return sum(v * w for v, w in values) / sum(w for _, w in values)
+    if statistic == "mean":
+        return sum(values) / len(values)
+    return _percentile(sorted(values), float(statistic[1:]) / 100)
+
+
+def _reference_ci(baseline, other, *, statistic, confidence, resamples, seed, block):
+    """The documented procedure in plain Python: one generator; the baseline's resamples are drawn first, as
+    one (resamples x blocks) array of block starts uniform over all n positions, then the other's; each block
+    runs on from its start, wrapping round the end, and the resample is cut to n; the interval holds the
+    central ``confidence`` share of the resampled ratios."""
+    rng = np.random.default_rng(seed)
+
+    def resampled(sample):
+        n = len(sample)
+        length = block if block != "auto" else max(1, min(round(n ** (1 / 3)), n))
+        blocks = -(-n // length)
+        starts = rng.integers(0, n, size=(resamples, blocks))
+        out = []
+        for row in starts.tolist():
+            index = [(start + j) % n for start in row for j in range(length)][:n]
+            out.append(_reference_statistic([sample[i] for i in index], statistic))
+        return out
+
+    stat_a, stat_b = resampled(list(baseline)), resampled(list(other))
+    ratios = sorted(b / a for a, b in zip(stat_a, stat_b))
+    tail = (1 - confidence) / 2
+    estimate = _reference_statistic(list(other), statistic) / _reference_statistic(list(baseline), statistic)
+    return estimate, _percentile(ratios, tail), _percentile(ratios, 1 - tail)
+
+
+@pytest.mark.parametrize(("statistic", "block", "confidence", "n_a", "n_b"), [
+    ("mean", 1, 0.95, 23, 17),
+    ("mean", "auto", 0.95, 30, 41),
+    ("p95", 4, 0.99, 25, 25),
+    ("mean", 7, 0.90, 20, 9),  # a block longer than n / 3, and a last block cut short
+    ("weighted_mean", 1, 0.95, 15, 12),
+])
+def test_interval_equals_a_reference_implementation_with_the_same_draws(statistic, block, confidence, n_a, n_b):
+    rng = np.random.default_rng(21)
+    a, b = rng.gamma(3.0, 2.0, n_a), rng.gamma(3.0, 2.5, n_b)
+    if statistic == "weighted_mean":
+        a = np.column_stack([a, rng.uniform(1, 3, n_a)])
+        b = np.column_stack([b, rng.uniform(1, 3, n_b)])
+    ci = ratio_ci(a, b, statistic=statistic, confidence=confidence, resamples=400, seed=[5, 9], block=block)
+    sample = (lambda x: [tuple(r) for r in x.tolist()]) if statistic == "weighted_mean" else (lambda x: x.tolist())
+    estimate, low, high = _reference_ci(sample(a), sample(b), statistic=statistic, confidence=confidence,
+                                        resamples=400, seed=[5, 9], block=block)
+    assert (ci.estimate, ci.ci_low, ci.ci_high) == pytest.approx((estimate, low, high), rel=1e-12)
+    assert (ci.n_baseline, ci.n_other, ci.confidence, ci.resamples) == (n_a, n_b, confidence, 400)
+
+
+def test_every_position_is_drawn_including_the_last():
+    """Resampled means of a sample that is 0 everywhere but 1 at its last position: the last value must come
+    up in resamples as often as any other (n resamples of n draws: about once each)."""
+    n = 10
+    sample = np.zeros(n)
+    sample[-1] = 1.0
+    means = bootstrap_statistic(sample, "mean", resamples=4000, rng=np.random.default_rng(0))
+    # Each draw picks the last value with probability 1 / n: the resampled mean averages 1 / n.
+    assert means.mean() == pytest.approx(1 / n, rel=0.05)
+    blocks = bootstrap_statistic(sample, "mean", resamples=4000, rng=np.random.default_rng(0), block=3)
+    assert blocks.mean() == pytest.approx(1 / n, rel=0.05)
+
+
+@pytest.mark.parametrize("confidence", [0.95, 0.80])
+def test_the_interval_holds_the_central_share_of_the_resampled_ratios(confidence):
+    """With the bootstrap ratios drawn again from the same seed, the share lying inside the interval is
+    ``confidence`` (to one resample), so a 93 % interval cannot pass for a 95 % one."""
+    rng = np.random.default_rng(8)
+    a, b = rng.normal(10, 2, 50), rng.normal(11, 2, 50)
+    ci = ratio_ci(a, b, confidence=confidence, resamples=2000, seed=4)
+    draws = np.random.default_rng(4)
+    ratios = (bootstrap_statistic(b, "mean", resamples=2000, rng=_after(draws, a))
+              / bootstrap_statistic(a, "mean", resamples=2000, rng=np.random.default_rng(4)))
+    inside = ((ratios >= ci.ci_low) & (ratios <= ci.ci_high)).mean()
+    assert inside == pytest.approx(confidence, abs=1.5 / 2000)
+
+
+def _after(rng: np.random.Generator, baseline: np.ndarray) -> np.random.Generator:
+    """The generator as ratio_ci leaves it after drawing the baseline's 2000 resamples."""
+    bootstrap_statistic(baseline, "mean", resamples=2000, rng=rng)
+    return rng
+
+
+@pytest.mark.parametrize("block", [1, "auto"])
+def test_coverage_is_95_not_93_percent(block):
+    """600 data sets with a known ratio of means (12 / 10), n = 60: the 95 % interval holds it 95.0 % of the
+    time with these seeds; a 93 % interval holds it 92.7 % of the time and fails the band [93.5, 96.5] %
+    (binomial sd over 600 repetitions: 0.9 points)."""
+    rng = np.random.default_rng(11)
+    hits, reps = 0, 600
+    for rep in range(reps):
+        a, b = rng.normal(10, 2, 60), rng.normal(12, 2, 60)
+        ci = ratio_ci(a, b, statistic="mean", resamples=1000, seed=rep, block=block)
+        hits += ci.ci_low <= 1.2 <= ci.ci_high
+    assert 0.935 <= hits / reps <= 0.965
+
+
+# -- edges -------------------------------------------------------------------------------------------------------
+def test_percentile_names_at_the_ends():
+    x = np.array([[3.0, 1.0, 2.0, 10.0]])
+    assert reducer("p0")(x)[0] == 1.0 and reducer("p99.99")(x)[0] == pytest.approx(10.0, rel=1e-3)
+    assert reducer("p50")(x)[0] == reducer("median")(x)[0] == 2.5
+    assert reducer("p99.5")(x)[0] == pytest.approx(3 + 0.985 * 7)  # sorted 1 2 3 10: rank 2.985, between 3 and 10
+    for bad in ("p100.5", "p", "q50", "p-1", "p123"):
+        with pytest.raises(ValueError):
+            reducer(bad)
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, -0.5])
+def test_confidence_must_lie_strictly_between_0_and_1(confidence):
+    with pytest.raises(ValueError, match="confidence"):
+        ratio_ci([1.0, 2.0], [1.0, 2.0], confidence=confidence)
+
+
+def test_resamples_must_be_positive_and_one_is_enough():
+    with pytest.raises(ValueError, match="resamples"):
+        ratio_ci([1.0, 2.0], [1.0, 2.0], resamples=0)
+    ci = ratio_ci([1.0, 2.0], [2.0, 4.0], resamples=1, seed=0)
+    assert ci.estimate == 2.0 and ci.ci_low == ci.ci_high and ci.resamples == 1  # one resampled ratio
+    with pytest.raises(ValueError, match="1-D"):
+        ratio_ci(np.zeros((2, 2, 2)), [1.0])
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")  # inf - inf in the tail
+def test_resampled_ratios_of_zero_over_zero_are_dropped_not_propagated():
+    """A baseline that is mostly 0: some resamples of both samples are all zeros (0 / 0 = NaN). Those ratios
+    are dropped, so the lower bound is that of the other ratios (0: resamples of the other sample that are all
+    zeros). (Resamples with a zero baseline and a non-zero other give infinite ratios: the upper bound is then
+    not finite, and the verdict is no clear change.)"""
+    a = np.array([0.0, 0.0, 0.0, 4.0])
+    b = np.array([0.0, 0.0, 0.0, 8.0])
+    ci = ratio_ci(a, b, resamples=3000, seed=2)
+    assert ci.estimate == 2.0
+    assert ci.ci_low == 0.0
+    assert not math.isfinite(ci.ci_high) and verdict(ci.ci_low, ci.ci_high) == "no clear change"
+
+
+@pytest.mark.parametrize(("low", "high", "min_effect", "expected"), [
+    (0.90, 1.00, 0.0, "no clear change"),  # touching 1 from below is not beyond it
+    (1 + 0.05, 1.2, 0.05, "no clear change"),  # exactly the minimum effect is not beyond it
+    (0.8, 1 / (1 + 0.05), 0.05, "no clear change"),
+    (1.0501, 1.2, 0.05, "slower"),
+    (0.8, 0.9523, 0.05, "faster"),
+])
+def test_verdict_at_the_thresholds(low, high, min_effect, expected):
+    assert verdict(low, high, min_effect=min_effect) == expected
+    # The same interval for a rate: the verdicts swap, never "no change" into a change.
+    swapped = {"slower": "faster", "faster": "slower"}.get(expected, expected)
+    assert verdict(low, high, min_effect=min_effect, higher_is_better=True) == swapped

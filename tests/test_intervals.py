@@ -9,7 +9,7 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsysan.intervals import (clipped_lengths, covers, gaps, intersect, length, merge, nest, overlaps, union_length,
+from nsysan.intervals import (clipped_lengths, covers, empty, gaps, intersect, length, merge, nest, overlaps, union_length,
                               union_piece)
 
 GRID = 40  # brute-force union: count the integer instants covered on [0, GRID)
@@ -327,3 +327,31 @@ def test_calls_inside_matches_the_pairwise_join_on_touching_ranges():
     got = _calls_inside(calls, ranges).sort("range_id", "launch")
     assert expected.height > 50
     assert got.rows() == expected.rows()
+
+
+def test_results_are_integer_ns_and_booleans_even_when_empty():
+    """Every result keeps integer nanoseconds (int64) and flags (bool), for empty inputs too: a float array
+    would turn exact ns into rounded floats downstream."""
+    none = empty()
+    assert [a.dtype for a in none] == [np.int64, np.int64] and [a.size for a in none] == [0, 0]
+    window = merge([0, 100], [50, 150])
+    for starts, ends in (([], []), ([10, 60], [20, 120])):
+        assert clipped_lengths(starts, ends, window).dtype == np.int64
+        assert clipped_lengths(starts, ends, empty()).dtype == np.int64
+        assert overlaps(starts, ends, window).dtype == bool and overlaps(starts, ends, empty()).dtype == bool
+        assert covers(window, np.array(starts, dtype=np.int64)).dtype == bool
+        assert covers(empty(), np.array(starts, dtype=np.int64)).dtype == bool
+        assert [a.dtype for a in intersect(merge(starts, ends), window)] == [np.int64, np.int64]
+    assert gaps(merge([0], [10]), window).dtype == np.int64
+    assert gaps(merge([0, 20, 40], [10, 30, 45]), window).tolist() == [10, 10]
+    nesting = nest(np.array([1, 1]), np.array([0, 10]), np.array([100, 20]))
+    assert (nesting.parent.dtype, nesting.level.dtype, nesting.crossing.dtype) == (np.int64, np.int64, bool)
+    assert nesting.parent.tolist() == [-1, 0] and nesting.level.tolist() == [0, 1]
+    assert nest(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).parent.size == 0
+
+
+def test_a_zero_length_op_just_before_a_window_interval_does_not_overlap_it():
+    window = merge([100, 300], [200, 400])
+    starts = np.array([99, 100, 199, 200, 299, 300, 400])
+    assert overlaps(starts, starts, window).tolist() == [False, True, True, False, False, True, False]
+    assert clipped_lengths(starts, starts, window).tolist() == [0] * 7

@@ -14,7 +14,9 @@ import polars as pl
 import pytest
 
 import nsysan
-from builders import MAIN_TID, ExportBuilder
+from builders import MAIN_PID, MAIN_TID, ExportBuilder
+from nsysan.analyses.bandwidth import copy_trace
+from nsysan.analyses.kernels import kernel_durations, kernel_summary
 from nsysan.analyses.latency import latency_summary, range_trace
 from nsysan.selection import Selection, pool_names, select_instances
 
@@ -449,5 +451,68 @@ def test_kernels_of_a_report_without_kernels_is_a_clear_error(tmp_path):
     assert result.frame.is_empty() and result.analysed == 0
     assert len(result.failures) == 1
     assert str(path) in result.failures[0].reason and "no CUDA kernels" in result.failures[0].reason
+    assert "needed for the kernel summary" in result.failures[0].reason
     # The collection is not changed: analysing it again reports the failure once again, not twice.
     assert len(nsysan.kernels(runs).failures) == 1
+
+
+def test_cuda_calls_without_gpu_ops_give_no_projection(tmp_path):
+    b = ExportBuilder()
+    b.range("sync", 0, 100)
+    b.call(MAIN_TID, 10, 90, api="cudaDeviceSynchronize")  # a CUDA call that launched nothing
+    trace = trace_of(b, tmp_path)
+    assert facts(trace, "sync") == (0, None, 100, 0, None, None, 0)
+
+
+def test_work_launched_in_warmup_is_left_out_of_kernels_and_copies(tmp_path):
+    b = ExportBuilder()
+    b.range("warmup_0", 0, 100)
+    b.range("forward", 10, 90)  # nested in warm-up: its launches are warm-up work too
+    b.launch(MAIN_TID, 20, 30, 200, 210, name="gemm")
+    b.launch(MAIN_TID, 5, 8, 220, 240, name="relu")  # in warmup_0 itself
+    b.launch(MAIN_TID, 40, 50, 250, 260, kind="memcpy")
+    b.range("batch_1", 300, 400)
+    b.launch(MAIN_TID, 310, 320, 500, 530, name="gemm")
+    b.launch(MAIN_TID, 330, 340, 540, 550, kind="memcpy")
+    b.launch(MAIN_TID, 1000, 1010, 1100, 1104, name="relu")  # outside every range: kept
+    path = b.write(tmp_path / "warm.sqlite")
+    with nsysan.open(path) as report:
+        default = kernel_durations(report)
+        everything = kernel_durations(report, select=EVERYTHING)
+        copies = copy_trace(report)
+        all_copies = copy_trace(report, select=EVERYTHING)
+    assert default.columns == ["name", "start_ns", "duration_ns", "device_id", "stream_id", "pid"]
+    assert default.rows() == [("gemm", 500, 30, 0, 7, MAIN_PID), ("relu", 1100, 4, 0, 7, MAIN_PID)]
+    assert default.schema["pid"] == pl.Int64
+    assert sorted(everything["start_ns"].to_list()) == [200, 220, 500, 1100]
+    assert copies["start_ns"].to_list() == [540] and all_copies["start_ns"].to_list() == [250, 540]
+    summary = kernel_summary(default, by=())
+    assert dict(zip(summary["name"], summary["total_ns"])) == {"gemm": 30, "relu": 4}
+    # A selection whose warm-up pattern matches nothing keeps every kernel.
+    with nsysan.open(path) as report:
+        assert kernel_durations(report, select=Selection(exclude_within="nothing_*")).height == 4
+
+
+def test_summary_columns_and_kernel_order_on_ties(tmp_path):
+    b = ExportBuilder()
+    b.range("step", 0, 100)
+    b.launch(MAIN_TID, 10, 20, 100, 150, name="a_kernel")  # a_kernel: 2 x 50 = 100 ns
+    b.launch(MAIN_TID, 20, 30, 200, 250, name="a_kernel")
+    b.launch(MAIN_TID, 30, 40, 300, 400, name="c_kernel")  # c_kernel, b_kernel: 1 x 100 ns each
+    b.launch(MAIN_TID, 40, 50, 500, 600, name="b_kernel")
+    first = b.write(tmp_path / "a.sqlite")
+    second = ExportBuilder()
+    second.range("step", 0, 10)
+    second.launch(MAIN_TID, 1, 2, 5, 1005, name="z_kernel")
+    second = second.write(tmp_path / "b.sqlite")
+    kernels = nsysan.kernels([second, first], select=EVERYTHING).frame
+    # Per report in report order; within one, most total time first, then fewer instances, then by name.
+    assert kernels.select("report", "name").rows() == [("a", "b_kernel"), ("a", "c_kernel"), ("a", "a_kernel"),
+                                                       ("b", "z_kernel")]
+    summary = nsysan.latency([first, second], select=EVERYTHING).frame
+    assert summary.columns == [
+        "report", "range", "style", "instances", "range_total_ns", "gpu_instances", "gpu_proj_total_ns",
+        "gpu_ops_total", "gpu_busy_total_ns",
+        *[f"{prefix}_{s}" for prefix in ("range_ms", "gpu_proj_ms", "gpu_busy_ms")
+          for s in ("mean", "p50", "p95", "p99", "min", "max", "std")]]
+    assert summary.select("report", "range").rows() == [("a", "step"), ("b", "step")]

@@ -29,6 +29,7 @@ import nsysan
 from nsysan.analyses.kernels import kernel_durations, kernel_summary
 from nsysan.analyses.latency import latency_summary, range_trace
 from nsysan.selection import Selection
+from support import Lazy
 from support import nsys_stats as run_nsys_stats
 
 EVERYTHING = Selection.everything()
@@ -50,16 +51,15 @@ def nsys_stats(nsys: str, export: Path, reports: tuple[str, ...], folder: Path) 
 def h100_stats(nsys: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, pl.DataFrame]]:
     """nsys stats of every sample export: {sample name: {report: table}}."""
     root = tmp_path_factory.mktemp("nsys_stats_h100")
-    return {name: nsys_stats(nsys, path, H100_REPORTS, root / name) for name, path in SAMPLES.items()}
+    return Lazy(SAMPLES, lambda name: nsys_stats(nsys, SAMPLES[name], H100_REPORTS, root / name))
 
 
 @pytest.fixture(scope="session")
 def h100_traces() -> dict[str, pl.DataFrame]:
-    traces = {}
-    for name, path in SAMPLES.items():
-        with nsysan.open(path) as report:
-            traces[name] = range_trace(report)
-    return traces
+    def trace(name: str) -> pl.DataFrame:
+        with nsysan.open(SAMPLES[name]) as report:
+            return range_trace(report)
+    return Lazy(SAMPLES, trace)
 
 
 def test_samples_present() -> None:

@@ -96,8 +96,9 @@ def test_batch_size_sources(tmp_path):
     named = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1_bs4.sqlite", [1000])
     r = only_row(nsysan.throughput(named))
     assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "name", 4)
-    forced = only_row(nsysan.throughput(named, batch_size=3))
-    assert (forced["batch_size"], forced["batch_size_source"]) == (3, "argument")
+    forced = nsysan.throughput(named, batch_size=3).frame
+    assert (forced["batch_size"].item(), forced["batch_size_source"].item()) == (3, "argument")
+    assert forced.schema["batch_size"] == pl.Int64 and forced.schema["samples"] == pl.Int64
 
 
 def test_grouping_pools_runs(tmp_path):
@@ -180,3 +181,87 @@ def test_by_model_pools_the_pinned_and_pageable_runs():
     pooled = {r["model"]: r for r in result.frame.iter_rows(named=True)}
     r = pooled["vit32x6x512"]
     assert (r["runs"], r["batches"], r["samples"]) == (2, 60, 600)
+
+
+@pytest.mark.parametrize(("meta", "report", "expected"), [
+    ({"batch_size": 8.0}, None, (8, "sidecar:batch_size")),
+    ({"batch_size": 8.5, "batch": 2}, None, (2, "sidecar:batch")),
+    ({"batch_size": "16"}, None, (16, "sidecar:batch_size")),
+    ({"batch_size": "0", "batch": "x"}, None, (None, None)),
+    ({"batch_size": 0, "batch": -3}, None, (None, None)),
+    ({"batch_size": None, "batch": 4}, None, (4, "sidecar:batch")),
+    ({"batch_size": False, "batch": True}, None, (None, None)),
+    ({}, "run_batch12", (12, "name")),
+    ({}, "run-BS7.final", (7, "name")),
+    ({}, "run_bs0", (None, None)),
+    ({}, "xbs32", (None, None)),
+    ({}, "run_bs32x", (None, None)),
+    ({"batch": 3}, "run_bs32", (3, "sidecar:batch")),
+    ({"batch_size": 1}, None, (1, "sidecar:batch_size")),
+    ({"batch_size": "1"}, None, (1, "sidecar:batch_size")),
+    ({"batch_size": True, "batch": 5}, None, (5, "sidecar:batch")),
+    ({}, "run_bs1", (1, "name")),
+])
+def test_batch_size_of_every_source(meta, report, expected):
+    assert batch_size_of(meta, report) == expected
+
+
+def test_summary_counts_unknown_sizes_per_run_and_joins_sources(tmp_path):
+    a = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000], sidecar={"batch": 2})
+    b = batches_export(tmp_path / "pipeline_gpu0_numa1_vit1x1x1_bs4.sqlite", [1000, 1000])
+    c = batches_export(tmp_path / "pipeline_gpu0_numa2_vit1x1x1.sqlite", [2000])
+    r = only_row(nsysan.throughput([a, b, c], by=["model"]))
+    assert (r["runs"], r["batches"], r["window_ns"]) == (3, 4, 1000 + 2010 + 2000)
+    assert r["batch_size_source"] == "name,sidecar:batch"
+    assert (r["samples"], r["samples_per_s"], r["batch_size"]) == (None, None, None)
+    assert r["note"] == 'batch size unknown for 1 of 3 run(s): add "batch_size" to <report>.meta.json'
+    assert r["batches_per_s"] == pytest.approx(4 / 5010e-9)
+    known = only_row(nsysan.throughput([a, b], by=["model"]))
+    assert (known["samples"], known["note"]) == (2 + 8, None)
+    assert known["samples_per_s"] == pytest.approx(10 / 3010e-9)
+    same = only_row(nsysan.throughput([b], by=["model"]))
+    assert (same["batch_size"], same["batch_size_source"]) == (4, "name")
+    per_run = nsysan.throughput([a, b, c]).frame
+    assert per_run["report"].to_list() == sorted(per_run["report"].to_list())
+    assert per_run.filter(pl.col("report").str.contains("numa2"))["batch_size_source"].to_list() == [None]
+
+
+def test_batch_trace_columns_by_hand(tmp_path):
+    from builders import MAIN_TID
+    b = ExportBuilder()
+    b.range("batch_0", 100, 400)
+    b.launch(MAIN_TID, 110, 120, 150, 900)  # outlives the batch
+    b.range("batch_1", 500, 600)  # no GPU work
+    with nsysan.open(b.write(tmp_path / "t.sqlite")) as report:
+        trace = batch_trace(report)
+    assert trace.select("range", "start_ns", "end_ns", "batch_ns", "gpu_end_ns").rows() == [
+        ("batch_0", 100, 400, 300, 900), ("batch_1", 500, 600, 100, None)]
+
+
+def test_one_report_with_metadata_columns_and_no_report_column(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000])  # one measured batch
+    with nsysan.open(path) as report:
+        batches = batch_trace(report)
+    tagged = batches.with_columns(batch=pl.lit(4), batch_size=pl.lit(None, pl.Int64))
+    r = throughput_summary(tagged, by=()).row(0, named=True)
+    assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (4, "sidecar:batch", 4)
+    frame = throughput_summary(tagged, by=())
+    assert frame.schema["batch_size"] == pl.Int64 and frame.schema["samples"] == pl.Int64
+
+
+def test_sidecar_batch_size_as_text_and_a_stray_source_key(tmp_path):
+    path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000],
+                          sidecar={"batch_size": "16", "batch_size_source": "mine"})
+    r = only_row(nsysan.throughput(path))
+    assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (16, "sidecar:batch_size", 32)
+
+
+def test_several_batches_without_a_report_column(tmp_path):
+    path = batches_export(tmp_path / "case.sqlite", [1000, 2000, 3000])
+    with nsysan.open(path) as report:
+        batches = batch_trace(report)
+    sized = throughput_summary(batches.with_columns(batch_size=pl.lit(2)), by=())
+    assert sized.select("batches", "batch_size", "batch_size_source", "samples").row(0) == (3, 2, "sidecar:batch_size", 6)
+    unknown = throughput_summary(batches, by=())
+    assert unknown["batch_size_source"].to_list() == [None]
+    assert unknown.schema["batch_size_source"] == pl.String and unknown.schema["batch_size"] == pl.Int64

@@ -5,8 +5,6 @@ kernel time reconciled live with ``nsys stats -r cuda_gpu_kern_sum``, and the sa
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from typer.testing import CliRunner
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
+from support import nsys_stats
 from nsysan import defaults, intervals
 from nsysan.analyses.utilization import gpu_utilization, top_kernels, utilization_summary
 from nsysan.cli import app
@@ -205,17 +204,8 @@ def test_interval_helpers_match_brute_force(ops, window):
 # -- the sample sweep ------------------------------------------------------------------------------------------
 def nsys_kernel_total(nsys: str, export: Path, folder: Path) -> int:
     """Sum of "Total Time (ns)" over all kernels in ``nsys stats -r cuda_gpu_kern_sum``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    source = folder / export.name
-    shutil.copyfile(export, source)
-    prefix = folder / "stats"
-    args = [nsys, "stats", "-r", "cuda_gpu_kern_sum", "--format", "csv", "--force-overwrite", "true",
-            "-o", str(prefix), str(source)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    csv = Path(f"{prefix}_cuda_gpu_kern_sum.csv")
-    if not csv.exists():
-        pytest.fail(f"nsys stats wrote no {csv.name} (exit {done.returncode}): {done.stderr[-2000:]}")
-    return int(pl.read_csv(csv, infer_schema_length=None)["Total Time (ns)"].sum())
+    table = nsys_stats(nsys, export, ("cuda_gpu_kern_sum",), folder)["cuda_gpu_kern_sum"]
+    return int(table["Total Time (ns)"].sum())
 
 
 @pytest.fixture(scope="module")
