@@ -18,7 +18,7 @@ import typer
 from nsysan.cli import views
 from nsysan.cli.options import FormatOpt, Output, message, user_errors
 from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USER_ERROR, NsysanError
-from nsysan.render import emit, infer_format, terminal_width, write_atomic
+from nsysan.render import check_output, emit, infer_format, terminal_width, write_atomic
 
 if TYPE_CHECKING:
     from nsysan.exporter import ExportItem
@@ -91,6 +91,9 @@ def export(
         chosen = infer_format(fmt, output)
         if summary is not None and summary.is_dir():
             raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
+        for target in (output, summary):  # before anything is converted: never over a report named here
+            if target is not None:
+                check_output(target, [p for p in paths if not p.is_dir()])
         try:
             with _export_progress() as progress:
                 result = run_export(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
@@ -106,9 +109,11 @@ def export(
         for item in result.failed:
             message(f"nsysan: {item.line()}")
         frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
-        emit(frame, chosen, output, **shape)
+        # Outputs never replace a report or an export of this batch (nor anything under an input folder).
+        inputs = [*(i.report for i in result.items), *(o for i in result.items for o in i.outputs.values())]
+        emit(frame, chosen, output, inputs=inputs, **shape)
         if summary is not None:
-            write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
+            write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode(), inputs=inputs)
         counts = result.counts
         done = ", ".join(f"{counts[key]} {label}" for key, label in (
             ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),
