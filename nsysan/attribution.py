@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from nsysan import intervals
+from nsysan import intervals, quality
 from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, names_matching, warmup_ranges
 from nsysan.sql import query
@@ -158,9 +158,13 @@ def op_stages(report: Report) -> pl.DataFrame:
 def kept_ops(report: Report, ops: pl.DataFrame, select: Selection = DEFAULT) -> pl.DataFrame:
     """The rows of ``ops`` (GPU ops with ``global_pid`` and ``correlation_id``) that ``select`` keeps: ops
     launched inside a warm-up range (rule 1 of :mod:`nsysan.selection`, same-thread rule) are left out."""
-    if not select.exclude_within or not report.has("NVTX_EVENTS") or not report.has("CUPTI_ACTIVITY_KIND_RUNTIME"):
+    if not select.exclude_within:
         return ops
     ranges = report.frame("SELECT range_id, name AS range FROM nvtx_ranges WHERE same_thread")
+    if ranges.is_empty() or not report.has("CUPTI_ACTIVITY_KIND_RUNTIME"):
+        if ops.height:
+            quality.warn_unselectable(report, select.exclude_within, ranges.height)
+        return ops
     if not names_matching(ranges["range"], select.exclude_within):
         return ops
     trace = ranges.join(range_nesting(report).select("range_id", "parent_id"), on="range_id")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from nsysan.errors import NsysanError
+from nsysan.files import resolved
 from nsysan.metadata import read_metadata, report_stem
 
 
@@ -26,19 +27,19 @@ def find_exports(paths: Iterable[str | Path]) -> list[Path]:
     """Export files and parquetdir folders named by ``paths``, searching folders recursively.
 
     A path named explicitly is kept even if it does not look like an export, so that opening it reports
-    what is wrong with it. Where a folder holds both the SQLite and the parquetdir export of one report
-    (``nsysan export --type both``), only the SQLite one is kept, so no report is counted twice.
-    Results are free of duplicates.
+    what is wrong with it; so is a folder in which nothing is found (opening it says so), and so is
+    anything named ``*.sqlite`` found in a folder that is not a folder itself (a FIFO, a broken link: opening
+    it refuses it, in one line, instead of leaving it out without a word). Where a folder holds both the
+    SQLite and the parquetdir export of one report (``nsysan export --type both``), only the SQLite one is
+    kept, so no report is counted twice. Results are free of duplicates.
     """
     found: dict[Path, None] = {}
     for raw in paths:
         path = Path(raw)
         if path.is_dir() and not _is_parquet_export(path):
-            for candidate in sorted(path.rglob("*")):
-                if candidate.is_file() and candidate.suffix == ".sqlite":
-                    found[candidate] = None
-                elif candidate.is_dir() and _is_parquet_export(candidate):
-                    found[candidate] = None
+            inside = [c for c in sorted(path.rglob("*"))
+                      if (c.suffix == ".sqlite" and not c.is_dir()) or (c.is_dir() and _is_parquet_export(c))]
+            found.update(dict.fromkeys(inside or [path]))
         else:
             found[path] = None
     sqlite_reports = {(p.parent, report_stem(p)) for p in found if p.suffix == ".sqlite"}
@@ -76,9 +77,9 @@ class Collection:
         counts = Counter(names.values())
         clashing = [p for p in self.paths if counts[names[p]] > 1]
         if clashing:
-            root = Path(os.path.commonpath([p.resolve().parent for p in clashing]))
+            root = Path(os.path.commonpath([resolved(p).parent for p in clashing]))
             for path in clashing:
-                names[path] = str(path.resolve().relative_to(root)).removesuffix(".sqlite")
+                names[path] = str(resolved(path).relative_to(root)).removesuffix(".sqlite")
         return names
 
     @cached_property

@@ -11,7 +11,9 @@
    report's metadata columns; derived tables that several steps need are memoised on the open report
    (:func:`nsysan.load.derived`);
 3. a report that cannot be read or analysed becomes a :class:`~nsysan.collection.Failure` (one line naming the
-   file and the problem) and the others go on; warnings an analysis raises (:class:`NsysanWarning`) become
+   file and the problem) and the others go on: an :class:`NsysanError`, and whatever reading a damaged export
+   raises (DuckDB, SQLite, Arrow and OS errors; never a traceback); warnings an analysis raises
+   (:class:`NsysanWarning`) and the data problems the report's checks found (:mod:`nsysan.quality`) become
    notes, prefixed with the report;
 4. the frames are stacked and ``pool(frame)`` summarises them.
 
@@ -32,6 +34,7 @@ import polars as pl
 from nsysan.collection import Collection, Failure, collect
 from nsysan.errors import NsysanError, NsysanWarning
 from nsysan import cache, parallel, ranks
+from nsysan.files import brief, reason
 from nsysan.load import Report
 
 Runs = Union[Collection, Report, str, os.PathLike, Iterable[Union[str, os.PathLike, Report]]]
@@ -208,21 +211,32 @@ def _work(path: Path, per_report: Callable[[Report], pl.DataFrame], report: Repo
 
 def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], pl.DataFrame],
              raised: list[str]) -> pl.DataFrame | Failure:
+    problems: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NsysanWarning)
         try:
             if report is not None:
-                frame = _ranked(per_report(report), report)
+                try:
+                    frame = _ranked(per_report(report), report)
+                finally:
+                    problems = report.problems
             else:
                 with Report(path) as opened:
-                    frame = _ranked(per_report(opened), opened)
+                    try:
+                        frame = _ranked(per_report(opened), opened)
+                    finally:
+                        problems = opened.problems
         except NsysanError as e:
             return Failure(path, str(e))
+        except _damage_errors() as e:
+            why = reason(e, path) if isinstance(e, OSError) else brief(e)
+            return Failure(path, f"{path}: cannot read the export ({why}); it may be damaged: export it again")
         finally:
-            for w in caught:
-                if issubclass(w.category, NsysanWarning):
-                    text = str(w.message)
-                    raised.append(text if str(path) in text else f"{path}: {text}")
+            texts = [str(w.message) for w in caught if issubclass(w.category, NsysanWarning)] + problems
+            for text in dict.fromkeys(texts):
+                line = text if str(path) in text else f"{path}: {text}"
+                if line not in raised:
+                    raised.append(line)
     return frame
 
 
@@ -232,6 +246,17 @@ def _ranked(frame: pl.DataFrame, report: Report) -> pl.DataFrame:
     if "pid" not in frame.columns:
         return frame
     return ranks.attach(frame, ranks.processes(report))
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged export raises (DuckDB, SQLite, Arrow and the operating system), as opposed to
+    bugs (which must stay visible)."""
+    import sqlite3
+
+    import duckdb
+    import pyarrow
+
+    return duckdb.Error, sqlite3.Error, pyarrow.ArrowException, OSError, pl.exceptions.ComputeError
 
 
 def _tagged(frame: pl.DataFrame, tags: dict[str, Any]) -> pl.DataFrame:

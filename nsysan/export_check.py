@@ -4,11 +4,12 @@
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import unicodedata
 from pathlib import Path
 
-from nsysan import nsys_tool
+from nsysan import files, nsys_tool
 from nsysan.nsys_tool import NsysVersion
 
 REPORT_MAGIC = b"NVIDIA Tegra Profiler Report"
@@ -30,16 +31,9 @@ def inspect_report(report: Path) -> NsysVersion | None:
 
     A file with an unknown binary header passes (nsys decides); empty, unreadable, text and SQLite files fail."""
     try:
-        with report.open("rb") as f:
-            head = f.read(512)
-    except FileNotFoundError:
-        raise ReportError("no such file (a broken link?)") from None
-    except PermissionError:
-        raise ReportError("cannot read: permission denied") from None
-    except IsADirectoryError:
-        raise ReportError("is a folder, not a report file") from None
-    except OSError as e:
-        raise ReportError(f"cannot read: {e.strerror or e}") from None
+        head = files.read_head(report, 512)
+    except files.UnreadableFile as e:
+        raise ReportError(str(e).replace("not a regular file", "not a report file")) from None
     if not head:
         raise ReportError("empty file (0 bytes): the capture was not written completely; profile again")
     if head.startswith(REPORT_MAGIC):
@@ -82,18 +76,15 @@ def export_problem(path: Path, kind: str) -> str | None:
 
 def _sqlite_problem(path: Path) -> str | None:
     from nsysan.errors import NotAnExportError
-    from nsysan.load import _check_not_truncated
+    from nsysan.load import _check_no_writer, _check_not_truncated
 
-    if not path.is_file():
-        return "not a file"
     for side in ("-journal", "-wal"):
-        if Path(f"{path}{side}").exists():
+        if os.path.lexists(f"{path}{side}"):
             return f"a writer was interrupted (left {path.name}{side})"
     try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        return f"cannot read it ({e.strerror or e})"
+        head = files.read_head(path, 16)
+    except files.UnreadableFile as e:
+        return "not a file" if "not a regular file" in str(e) else str(e)
     if head != SQLITE_MAGIC:
         return "not an SQLite file" if head else "empty file"
     try:
@@ -101,7 +92,11 @@ def _sqlite_problem(path: Path) -> str | None:
     except NotAnExportError:
         return "truncated SQLite file"
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        _check_no_writer(path, files.read_head(path, 100))
+    except (NotAnExportError, files.UnreadableFile) as e:
+        return str(e).removeprefix(f"{path}: ")
+    try:
+        con = sqlite3.connect(files.sqlite_uri(path), uri=True)
         try:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             meta = next((t for t in META_TABLES if t in tables), None)
@@ -111,7 +106,7 @@ def _sqlite_problem(path: Path) -> str | None:
         finally:
             con.close()
     except sqlite3.DatabaseError as e:
-        return f"damaged SQLite file ({e})"
+        return f"damaged SQLite file ({files.brief(e)})"
     if not finished:
         return f"the export run did not finish ({meta} lacks {FINISHED_KEY})"
     return None
@@ -125,13 +120,15 @@ def _parquet_problem(path: Path) -> str | None:
         return "no export metadata table (META_DATA_EXPORT.parquet): nsys did not finish writing it"
     for file in sorted(path.glob("*.parquet")):
         try:
-            size = file.stat().st_size
+            size = files.check_regular(file).st_size
+            head = files.read_head(file, 4)
             with file.open("rb") as f:
-                head = f.read(4)
                 f.seek(max(size - 4, 0))
                 tail = f.read(4)
+        except files.UnreadableFile as e:
+            return f"{file.name}: {e}"
         except OSError as e:
-            return f"cannot read {file.name} ({e.strerror or e})"
+            return f"cannot read {file.name} ({files.reason(e, file)})"
         if size < 12 or head != PARQUET_MAGIC or tail != PARQUET_MAGIC:
             return f"{file.name} is not a whole Parquet file"
     try:
@@ -139,7 +136,7 @@ def _parquet_problem(path: Path) -> str | None:
 
         names = pq.read_table(meta, columns=["name"]).column("name").to_pylist()
     except Exception as e:  # noqa: BLE001 - any reader error means the file is unusable
-        return f"cannot read {meta.name} ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        return f"cannot read {meta.name} ({files.brief(e)})"
     if FINISHED_KEY not in names:
         return f"the export run did not finish ({meta.name} lacks {FINISHED_KEY})"
     return None

@@ -17,13 +17,14 @@ Each report is converted with ``nsys export --type sqlite`` (``<name>.sqlite``) 
 from __future__ import annotations
 
 import os
+import queue
 import re
 import secrets
 import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 from nsysan import nsys_tool
 from nsysan.errors import NsysanError
 from nsysan.export_check import SQLITE_SIDE_FILES, ReportError, export_mtime_ns, export_problem, inspect_report
+from nsysan.files import reason, resolved
 from nsysan.host import Completed, default_jobs, ignoring_interrupts, pid_alive, run, terminations_interrupt
 from nsysan.metadata import report_stem
 from nsysan.nsys_tool import Nsys, NsysNotFoundError, NsysVersion
@@ -42,6 +44,9 @@ NSYS_TYPE = {"sqlite": "sqlite", "parquet": "parquetdir"}
 PARQUET_SUFFIX = "_pqtdir"
 #: Export metadata tables: nsys 2023+ writes META_DATA_EXPORT, 2022.x EXPORT_META_DATA.
 #: The metadata key nsys writes when the export run finished (the time the export took).
+
+#: How long an interrupted batch waits for its workers to stop their nsys runs before it gives up on them.
+STOP_WAIT_S = 20.0
 
 CONVERTED, UP_TO_DATE, FAILED, PLANNED = "converted", "up-to-date", "failed", "would-convert"
 STATUSES = (CONVERTED, UP_TO_DATE, PLANNED, FAILED)
@@ -214,7 +219,9 @@ def find_reports(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path | N
         path = Path(raw)
         if path.is_dir():
             for candidate in sorted(path.rglob("*")):
-                if candidate.suffix in REPORT_SUFFIXES and (candidate.is_file() or candidate.is_symlink()):
+                # Anything named like a report but a folder is kept (a FIFO, a device, a broken link), so that it
+                # is refused in one line instead of left out without a word.
+                if candidate.suffix in REPORT_SUFFIXES and not candidate.is_dir():
                     found.setdefault(_identity(candidate), (candidate, path))
         elif path.exists() or path.is_symlink():
             found.setdefault(_identity(path), (path, None))
@@ -224,10 +231,7 @@ def find_reports(paths: Iterable[str | Path]) -> tuple[list[tuple[Path, Path | N
 
 
 def _identity(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except OSError:
-        return path.absolute()
+    return resolved(path)  # a link loop or broken link stays as it is (Path.resolve raises on a loop)
 
 
 # -- the batch ---------------------------------------------------------------------------------------------------
@@ -305,7 +309,8 @@ def export(paths: str | Path | Iterable[str | Path], *, types: str = "sqlite", o
         if progress:
             progress(item, len(items), total)
     workers = min(jobs or default_jobs(), max(1, len(jobs_list)))
-    with terminations_interrupt(), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nsysan-export") as pool:
+    pool = _Workers(workers, "nsysan-export")
+    with terminations_interrupt():
         futures: set[Future[ExportItem]] = set()
         try:
             futures = {pool.submit(batch.process, report, outputs) for report, outputs in jobs_list}
@@ -319,15 +324,70 @@ def export(paths: str | Path | Iterable[str | Path], *, types: str = "sqlite", o
                     if progress:
                         progress(item, len(items), total)
         except BaseException:
-            with ignoring_interrupts():
-                batch.cancel.set()
-                for future in futures:
-                    future.cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
-                batch.remove_temporaries()
+            _stop(batch, pool, futures)
             raise
+        pool.shutdown(wait=True)
     items.sort(key=lambda i: str(i.report))
     return ExportResult(items, tool, kinds, dry_run, time.monotonic() - started, notes, sorted(batch.stale))
+
+
+class _Workers:
+    """A pool of daemon threads: unlike ThreadPoolExecutor's (which the interpreter joins at exit), a worker stuck
+    in the operating system (a hung file system) cannot keep an interrupted nsysan from exiting."""
+
+    def __init__(self, workers: int, name: str):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(workers)]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as e:  # noqa: BLE001 - handed to the caller through the future
+                    future.set_exception(e)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        future: Future = Future()
+        self._queue.put((future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        if cancel_futures:
+            while True:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+        for _ in self._threads:
+            self._queue.put(None)
+        if wait:
+            for thread in self._threads:
+                thread.join()
+
+
+def _stop(batch: _Batch, pool: _Workers, futures: set[Future[ExportItem]]) -> None:
+    """After Ctrl-C or SIGTERM: cancel what has not started, stop the nsys runs (the workers see the cancel
+    flag within 0.1 s and kill their nsys), remove the temporaries. Waiting for the workers is bounded
+    (STOP_WAIT_S) and does not ignore signals: a worker stuck in the operating system (a hung file system)
+    cannot keep nsysan from exiting; only the removal of temporaries, which takes no time, is shielded from a
+    second Ctrl-C."""
+    batch.cancel.set()
+    for future in futures:
+        future.cancel()
+    pool.shutdown(wait=False, cancel_futures=True)
+    running = [f for f in futures if not f.done()]
+    try:
+        wait(running, timeout=STOP_WAIT_S)
+    except BaseException:  # a second Ctrl-C: stop waiting, still clean up
+        pass
+    with ignoring_interrupts():
+        batch.remove_temporaries()
 
 
 class _Batch:
@@ -401,7 +461,7 @@ class _Batch:
         except ReportError as e:
             item.reason = str(e)
         except OSError as e:
-            item.reason = f"{e.strerror or e}{f' ({e.filename})' if e.filename else ''}"
+            item.reason = f"{reason(e, e.filename)}{f' ({e.filename})' if e.filename else ''}"
         item.seconds = time.monotonic() - started
         return item.finish()
 
@@ -410,7 +470,7 @@ class _Batch:
         try:
             output.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ReportError(f"cannot create {output.parent}: {e.strerror or e}") from None
+            raise ReportError(f"cannot create {output.parent}: {reason(e)}") from None
         temp = self.new_temporary(output)
         try:
             # NCCL's NVTX payloads (ranks, message sizes) are exported only as JSON, and only when asked for.
@@ -420,7 +480,7 @@ class _Batch:
             try:
                 done = run(args, timeout=self.timeout, cancel=self.cancel)
             except OSError as e:
-                raise ReportError(f"cannot run {self.tool.path}: {e.strerror or e}") from None
+                raise ReportError(f"cannot run {self.tool.path}: {reason(e)}") from None
             if done.cancelled:
                 raise _Cancelled
             if done.returncode != 0 or done.timed_out:

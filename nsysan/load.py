@@ -1,17 +1,28 @@
 """Open nsys exports (SQLite files or ``--type parquetdir`` folders) as DuckDB-backed reports.
 
-A :class:`Report` holds one read-only DuckDB connection over one export. It exposes two layers of views:
-``raw.<TABLE>`` (the nsys tables of :mod:`nsysan.schema`, normalised to fixed columns) and tidy views in
-the main schema (``nvtx_ranges``, ``kernels``, ``memcpy``, ``memset``, ``gpu_ops``, ``runtime``, ``gpus``,
-``threads``, ``processes``, ``session``) whose SQL lives in :mod:`nsysan.sql`.
+A :class:`Report` is one DuckDB connection over one export, opened read-only. It exposes two layers of views:
+``raw.<TABLE>`` (the nsys tables of :mod:`nsysan.schema`, normalised to fixed columns, minus the rows
+:mod:`nsysan.quality` finds damaged; every row is kept in ``source.<TABLE>`` where some were left out) and tidy
+views in the main schema (``nvtx_ranges``, ``kernels``, ``memcpy``, ``memset``, ``gpu_ops``, ``runtime``,
+``gpus``, ``threads``, ``processes``, ``session``) whose SQL lives in :mod:`nsysan.sql`. Every query through
+:meth:`Report.sql` or :meth:`Report.frame` first checks the views and tables it reads (once per report).
+
+Inputs are never changed and nothing is created beside them: SQLite files are opened read-only (through an
+escaped URI where SQLite takes one), Parquet files by their literal names, and what is not a regular file (a
+FIFO, a device) is refused before anything opens it.
 """
 from __future__ import annotations
 
 import functools
 import inspect
+import itertools
+import os
+import re
 import shutil
 import sqlite3
 import tempfile
+import threading
+import weakref
 from collections.abc import Callable
 from functools import cache, cached_property
 from pathlib import Path
@@ -20,7 +31,7 @@ from typing import Any, TypeVar
 import duckdb
 import polars as pl
 
-from nsysan import schema
+from nsysan import files, quality, schema
 from nsysan.errors import MissingDataError, NotAnExportError
 from nsysan.metadata import report_stem
 from nsysan.sql import query
@@ -29,6 +40,16 @@ TIDY_VIEWS = ("nvtx_ranges", "gpu_ops", "kernels", "memcpy", "memset", "runtime"
               "processes", "session")
 SQLITE_MAGIC = b"SQLite format 3\x00"
 T = TypeVar("T")
+#: The tidy view of each GPU-op table.
+_VIEW_OF = {"CUPTI_ACTIVITY_KIND_KERNEL": "kernels", "CUPTI_ACTIVITY_KIND_MEMCPY": "memcpy",
+            "CUPTI_ACTIVITY_KIND_MEMSET": "memset"}
+_NAMES = re.compile(r"(?<![\w.'\"])(" + "|".join(TIDY_VIEWS) + r")(?![\w'\"])|\braw\.\"?(\w+)")
+
+
+def names_read(text: str) -> list[str]:
+    """The tidy views and raw tables (``raw.NAME``) that the SQL ``text`` reads, in order, without repeats."""
+    code = re.sub(r"--[^\n]*", "", text)
+    return list(dict.fromkeys(view or table for view, table in _NAMES.findall(code)))
 
 
 @cache
@@ -53,36 +74,82 @@ def _sqlite_extension() -> Path:
     return target
 
 
-def _check_sqlite_export(path: Path) -> dict[str, set[str]]:
-    """Fail with one clear line unless ``path`` is a readable SQLite file; return the columns of the
-    tables nsysan reads, by table name."""
+# -- one DuckDB per process ------------------------------------------------------------------------------------
+_LOCK = threading.Lock()
+_SHARED: dict[str, Any] = {}
+_IDS = itertools.count(1)
+
+
+def _database(sqlite: bool) -> duckdb.DuckDBPyConnection:
+    """A new connection to this process's in-memory DuckDB (with the sqlite scanner loaded when ``sqlite``).
+
+    Loading the scanner verifies its signature, which takes most of a second for its 34 MB: once per process,
+    not once per report. Each report then lives in a catalog of its own (see :class:`Report`)."""
+    with _LOCK:
+        if _SHARED.get("pid") != os.getpid():  # a forked child must not share its parent's database
+            _SHARED.clear()
+            _SHARED.update(pid=os.getpid(), con=duckdb.connect(config={"threads": _threads()}),
+                           sqlite=False)
+        if sqlite and not _SHARED["sqlite"]:
+            _SHARED["con"].execute(f"LOAD '{_sql_string(str(_sqlite_extension()))}'")
+            _SHARED["sqlite"] = True
+        return _SHARED["con"].cursor()
+
+
+def _threads() -> int:
+    """DuckDB's threads in this process: NSYSAN_DUCKDB_THREADS (set by :mod:`nsysan.parallel` in its workers, so
+    that workers x threads fit the cores), else 2."""
     try:
-        with path.open("rb") as f:
-            head = f.read(16)
-    except OSError as e:
-        raise NotAnExportError(f"{path}: cannot read: {e.strerror or e}") from None
+        return max(1, int(os.environ.get("NSYSAN_DUCKDB_THREADS", "2")))
+    except ValueError:
+        return 2
+
+
+def _release(con: duckdb.DuckDBPyConnection, catalogs: tuple[str, ...]) -> None:
+    try:
+        con.execute("USE memory")
+        for catalog in catalogs:
+            con.execute(f"DETACH DATABASE IF EXISTS {catalog}")
+        con.close()
+    except Exception:  # noqa: BLE001 - closing at interpreter exit or after a failed open: nothing to tell
+        pass
+
+
+# -- checks before anything is opened -----------------------------------------------------------------------------
+def _check_sqlite_export(path: Path) -> dict[str, tuple[str, set[str]]]:
+    """Fail with one clear line unless ``path`` is a readable SQLite file; return, for each table nsysan reads
+    (as nsysan spells it), its name in the file and its columns (SQLite matches names without case)."""
+    try:
+        head = files.read_head(path, 100)
+    except files.UnreadableFile as e:
+        raise NotAnExportError(f"{path}: {e}") from None
     if not head:
         raise NotAnExportError(f"{path}: empty file")
-    if head != SQLITE_MAGIC:
+    if head[:16] != SQLITE_MAGIC:
         raise NotAnExportError(f"{path}: not an SQLite file (turn .nsys-rep reports into SQLite with `nsys export --type sqlite`)")
-    _check_not_truncated(path)
+    _check_not_truncated(path, head)
+    _check_no_writer(path, head)
+    wanted = {t.lower(): t for t in schema.RAW_TABLES}
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(files.sqlite_uri(path), uri=True)
         try:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            columns = {table: {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')}
-                       for table in tables & set(schema.RAW_TABLES)}
+            columns = {wanted[table.lower()]: (table, {row[1] for row in con.execute(f'PRAGMA table_info("{table}")')})
+                       for table in sorted(tables) if table.lower() in wanted}
         finally:
             con.close()
-    except sqlite3.DatabaseError as e:
-        raise NotAnExportError(f"{path}: damaged SQLite file ({e}); export it again") from None
+    except sqlite3.Error as e:
+        raise NotAnExportError(f"{path}: damaged SQLite file ({files.brief(e)}); export it again") from None
     return columns
 
 
-def _check_not_truncated(path: Path) -> None:
+def _check_not_truncated(path: Path, header: bytes | None = None) -> None:
     """Compare the file's size with the size its SQLite header records (cheap, unlike a full integrity check)."""
-    with path.open("rb") as f:
-        header = f.read(100)
+    if header is None:
+        try:
+            header = files.read_head(path, 100)
+        except files.UnreadableFile as e:
+            raise NotAnExportError(f"{path}: {e}") from None
     if len(header) < 100:
         raise NotAnExportError(f"{path}: truncated SQLite file ({len(header)} bytes); export it again")
     page_size = int.from_bytes(header[16:18], "big")
@@ -97,88 +164,203 @@ def _check_not_truncated(path: Path) -> None:
                 f"{path}: truncated SQLite file ({actual} of {expected} bytes); export it again")
 
 
+#: The first bytes of a rollback journal that SQLite would replay (a "hot" journal of an interrupted writer).
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def _check_no_writer(path: Path, header: bytes) -> None:
+    """Refuse a file that SQLite could only read by writing beside it: one in WAL mode (a reader creates
+    ``-wal`` and ``-shm`` files), or one with the journal of an interrupted writer (which SQLite would replay)."""
+    if header[18:20] != b"\x01\x01":
+        raise NotAnExportError(f"{path}: the SQLite file is in WAL mode (not as nsys writes it): reading it would "
+                               "create files beside it; export it again, or copy it and run `sqlite3 COPY "
+                               "'PRAGMA journal_mode=DELETE'`")
+    journal = Path(f"{path}-journal")
+    try:
+        hot = files.read_head(journal, 8) == JOURNAL_MAGIC
+    except files.UnreadableFile:
+        hot = False
+    if hot:
+        raise NotAnExportError(f"{path}: {journal.name} beside it holds the changes of an interrupted writer: the "
+                               "export may be incomplete; export it again")
+
+
+def _glob_literal(path: str) -> str:
+    """``path`` as a DuckDB file pattern that matches only itself (``*``, ``?`` and ``[`` escaped)."""
+    return re.sub(r"([*?\[])", r"[\1]", path)
+
+
 class Report:
-    """One nsys export, opened read-only. Create it with :func:`nsysan.open`."""
+    """One nsys export, opened read-only. Create it with :func:`nsysan.open`.
+
+    Reports share one DuckDB database per process; each lives in a catalog of its own (its views, and the
+    export attached beside it), dropped when the report is closed or garbage-collected."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.name = report_stem(self.path)
         self._derived: dict[tuple, Any] = {}
-        self._con = duckdb.connect(config={"threads": 2})
-        # DuckDB draws a progress bar on stderr for long queries, over our own. In Jupyter without ipywidgets
-        # DuckDB refuses any change of that setting (and draws no bar there): then it stays as it is.
+        #: Outcome of each check of :mod:`nsysan.quality`, by view or table (None: passed).
+        self._checked: dict[str, Any] = {}
+        #: The warnings those checks raised, in order (one line each).
+        self.problems: list[str] = []
+        kind = self._kind()
+        number = next(_IDS)
+        self._catalog, self._export = f"nsysan_report_{number}", f"nsysan_export_{number}"
+        self._con = _database(sqlite=kind == "sqlite")
+        self._close = weakref.finalize(self, _release, self._con, (self._catalog, self._export))
         try:
-            self._con.execute("SET enable_progress_bar = false")
-        except duckdb.Error:
-            pass
-        try:
-            sources = self._attach()
-            self._present = set(sources)
-            self._create_raw_views(sources)
-            for view in TIDY_VIEWS:
-                self._con.execute(f"CREATE VIEW {view} AS {query(view)}")
+            # DuckDB draws a progress bar on stderr for long queries, over our own. In Jupyter without ipywidgets
+            # DuckDB refuses any change of that setting (and draws no bar there): then it stays as it is.
+            try:
+                self._con.execute("SET enable_progress_bar = false")
+            except duckdb.Error:
+                pass
+            self._con.execute(f"ATTACH ':memory:' AS {self._catalog}")
+            self._con.execute(f"USE {self._catalog}")
+            self._sources = self._attach(kind)
+            self._present = set(self._sources)
+            self._columns = {table: present for table, (_, present) in self._sources.items()}
+            self._made: set[str] = set()
+            self._con.execute("CREATE SCHEMA source; CREATE SCHEMA raw")
+            if not (self._present & {"META_DATA_EXPORT", "EXPORT_META_DATA", "StringIds"}):
+                raise NotAnExportError(f"{self.path}: not an nsys export (no StringIds or export metadata table)")
+            if not (self._present & {"META_DATA_EXPORT", "EXPORT_META_DATA"}):
+                quality.warn(self, f"{self.path}: no export metadata table (META_DATA_EXPORT): the nsys version "
+                                   "and export schema are unknown")
+            self._check_version()
         except duckdb.Error as e:
-            self._con.close()
-            raise NotAnExportError(f"{self.path}: cannot read the export ({str(e).splitlines()[0]})") from None
+            self.close()
+            raise NotAnExportError(f"{self.path}: cannot read the export ({files.brief(e)})") from None
         except BaseException:
-            self._con.close()
+            self.close()
             raise
-        if not (self._present & {"META_DATA_EXPORT", "EXPORT_META_DATA", "StringIds"}):
-            self._con.close()
-            raise NotAnExportError(f"{self.path}: not an nsys export (no StringIds or export metadata table)")
 
-    def _attach(self) -> dict[str, tuple[str, set[str]]]:
-        """Make the export's tables readable; return {table: (DuckDB source expression, its columns)}."""
-        if self.path.is_dir():
-            files = {p.stem: p for p in self.path.glob("*.parquet")}
-            if not files:
-                raise NotAnExportError(f"{self.path}: folder holds no .parquet tables (not an nsys parquetdir export)")
-            wanted = {t: f for t, f in files.items() if t in schema.RAW_TABLES}
+    def _kind(self) -> str:
+        """``sqlite`` or ``parquet``; refuses before anything is opened what is neither a file nor a folder."""
+        try:
+            info = os.stat(self.path)
+        except OSError as e:
+            raise NotAnExportError(f"{self.path}: {files.reason(e, self.path)}") from None
+        if os.path.isdir(self.path):
+            return "parquet"
+        what = files.kind(info.st_mode)
+        if what is not None:
+            raise NotAnExportError(f"{self.path}: {what}, not an export file or parquetdir folder")
+        return "sqlite"
+
+    def _attach(self, kind: str) -> dict[str, tuple[str, dict[str, str]]]:
+        """Make the export's tables readable; return {table: (DuckDB source expression, {column: name in the
+        export})}: columns are matched without regard to case, as SQLite and DuckDB match them."""
+        if kind == "parquet":
+            files_by_table = {p.stem: p for p in self.path.glob("*.parquet")}
+            if not files_by_table:
+                raise NotAnExportError(f"{self.path}: no nsys exports in this folder (no .sqlite files, and no "
+                                       ".parquet tables of a parquetdir export)")
             out = {}
-            for table, file in wanted.items():
-                source = f"read_parquet('{_sql_string(str(file))}', file_row_number = true)"
-                columns = {row[0] for row in self._con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()}
-                out[table] = (source, columns | {"file_row_number"})
+            for table, file in files_by_table.items():
+                if table not in schema.RAW_TABLES:
+                    continue
+                try:
+                    files.check_regular(file)
+                except files.UnreadableFile as e:
+                    raise NotAnExportError(f"{self.path}: {file.name}: {e}") from None
+                pattern = _glob_literal(str(file.absolute()))
+                matched = [row[0] for row in self._con.execute(
+                    f"SELECT file FROM glob('{_sql_string(pattern)}')").fetchall()]
+                if matched != [str(file.absolute())]:
+                    raise NotAnExportError(f"{self.path}: {file.name}: DuckDB cannot read a file by this name")
+                source = f"read_parquet('{_sql_string(pattern)}', file_row_number = true)"
+                columns = [row[0] for row in self._con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+                out[table] = (source, _by_name(table, columns))
             return out
-        if not self.path.exists():
-            raise NotAnExportError(f"{self.path}: no such file")
         tables = _check_sqlite_export(self.path)
-        self._con.execute(f"LOAD '{_sql_string(str(_sqlite_extension()))}'")
-        self._con.execute(f"ATTACH '{_sql_string(str(self.path))}' AS nsys (TYPE sqlite, READ_ONLY)")
-        return {table: (f'nsys."{table}"', columns | {"rowid"}) for table, columns in tables.items()}
+        self._con.execute(f"ATTACH '{_sql_string(str(self.path.absolute()))}' AS {self._export} (TYPE sqlite, READ_ONLY)")
+        return {table: (f'{self._export}."{actual}"', {**_by_name(table, columns), "rowid": "rowid"})
+                for table, (actual, columns) in tables.items()}
 
-    def _create_raw_views(self, sources: dict[str, tuple[str, set[str]]]) -> None:
-        self._con.execute("CREATE SCHEMA raw")
-        for table, columns in schema.RAW_TABLES.items():
-            if table in sources:
-                source, present = sources[table]
-                # nsys numbers ranges by SQLite rowid (from 1); parquet row numbers count from 0.
-                row = "rowid" if "file_row_number" not in present else "file_row_number + 1"
-                select = [f"{row} AS _row"] + [
-                    f'CAST("{c}" AS {t}) AS "{c}"' if c in present else f'CAST(NULL AS {t}) AS "{c}"'
-                    for c, t in columns.items()
-                ]
-                self._con.execute(f'CREATE VIEW raw."{table}" AS SELECT {", ".join(select)} FROM {source}')
-            else:
-                select = ["CAST(NULL AS BIGINT) AS _row"] + [f'CAST(NULL AS {t}) AS "{c}"' for c, t in columns.items()]
-                self._con.execute(f'CREATE VIEW raw."{table}" AS SELECT {", ".join(select)} WHERE false')
+    def _ensure(self, name: str) -> None:
+        """Create the view ``name`` (a tidy view, or a raw table's ``source`` and ``raw`` views) and those it
+        reads, unless they exist: views are made when a query first needs them (binding one costs a few ms,
+        which a batch of small reports would pay for every view it never reads)."""
+        if name in self._made or (name not in TIDY_VIEWS and name not in schema.RAW_TABLES):
+            return
+        if name in TIDY_VIEWS:
+            text = query(name)
+            for needed in names_read(text):
+                if needed != name:
+                    self._ensure(needed)
+            self._con.execute(f"CREATE VIEW {name} AS {text}")
+        else:
+            self._con.execute(f'CREATE VIEW raw."{name}" AS {self._source_select(name)}')
+        self._made.add(name)
+
+    def _keep_source(self, table: str) -> None:
+        """Keep every row of ``table`` as ``source.<table>`` before ``raw.<table>`` leaves some out (until then the
+        two are the same rows, and only ``raw`` exists)."""
+        self._ensure(table)
+        self._con.execute(f'CREATE VIEW IF NOT EXISTS source."{table}" AS {self._source_select(table)}')
+
+    def _source_select(self, table: str) -> str:
+        """The export's ``table`` with exactly the columns of :data:`nsysan.schema.RAW_TABLES`: a column it lacks
+        is a typed NULL, a table it lacks has no rows."""
+        columns = schema.RAW_TABLES[table]
+        if table not in self._sources:
+            select = ["CAST(NULL AS BIGINT) AS _row"] + [f'CAST(NULL AS {t}) AS "{c}"' for c, t in columns.items()]
+            return f'SELECT {", ".join(select)} WHERE false'
+        source, present = self._sources[table]
+        # nsys numbers ranges by SQLite rowid (from 1); parquet row numbers count from 0.
+        row = "rowid" if "file_row_number" not in present else "file_row_number + 1"
+        select = [f"{row} AS _row"] + [
+            f'CAST("{present[c]}" AS {t}) AS "{c}"' if c in present else f'CAST(NULL AS {t}) AS "{c}"'
+            for c, t in columns.items()]
+        return f'SELECT {", ".join(select)} FROM {source}'
+
+    def _check_version(self) -> None:
+        version = self.version
+        if version.schema is not None and version.schema[:2] > schema.NEWEST_TESTED_SCHEMA:
+            newest = ".".join(map(str, schema.NEWEST_TESTED_SCHEMA))
+            quality.warn(self, f"{self.path}: export schema {'.'.join(map(str, version.schema))} (by nsys "
+                               f"{version.product or 'unknown'}) is newer than the newest nsysan is tested with "
+                               f"({newest}): check the results")
+        elif version.schema is None and self.metadata.get("EXPORT_SCHEMA_VERSION"):
+            quality.warn(self, f"{self.path}: unreadable export schema version "
+                               f"{self.metadata['EXPORT_SCHEMA_VERSION']!r}: check the results")
 
     # -- what the export holds ---------------------------------------------------------------------------
     def has(self, table: str) -> bool:
         """Whether the export holds the nsys table ``table`` (nsys creates tables only when it has data)."""
         return table in self._present
 
+    def columns(self, table: str) -> set[str]:
+        """The columns of :data:`nsysan.schema.RAW_TABLES` that the export's ``table`` really has (the views
+        have all of them: a missing one reads as NULL)."""
+        return set(self._columns.get(table, ())) & set(schema.RAW_TABLES.get(table, ()))
+
     def require(self, *tables: str, purpose: str = "this analysis") -> None:
-        """Raise :class:`MissingDataError` naming the first missing table and how to capture it."""
+        """Raise :class:`MissingDataError` naming the first missing (or empty) table and how to capture it."""
         for table in tables:
+            hint = schema.CAPTURE_HINTS.get(table, f"no {table} table")
+            view = _VIEW_OF.get(table)
+            if view is not None:  # a table the export lost says so (the CUDA trace still records its launches)
+                self._ensure(view)
+                quality.check(self, [view])
             if not self.has(table):
-                hint = schema.CAPTURE_HINTS.get(table, f"no {table} table")
                 raise MissingDataError(f"{self.path}: {hint} (needed for {purpose})")
+            if not self.sql(f'SELECT count(*) FROM raw."{table}"').fetchone()[0]:
+                raise MissingDataError(f"{self.path}: {hint} (the {table} table is empty; needed for {purpose})")
+
+    def require_columns(self, table: str, columns: dict[str, str] | tuple[str, ...], purpose: str | None = None
+                        ) -> None:
+        """Raise :class:`MissingDataError` when the export's ``table`` lacks one of ``columns`` (a dict says
+        what cannot be computed without each; see :func:`nsysan.quality.require_columns`)."""
+        quality.require_columns(self, table, columns, purpose)
 
     @cached_property
     def metadata(self) -> dict[str, str]:
         """The export's metadata key/value pairs (nsys version, export time, ...)."""
-        return dict(self._con.execute("SELECT key, value FROM session").fetchall())
+        self._ensure("session")
+        return dict(self._con.execute("SELECT key, value FROM session WHERE key IS NOT NULL").fetchall())
 
     @cached_property
     def version(self) -> schema.ExportVersion:
@@ -186,13 +368,25 @@ class Report:
 
     # -- reading -------------------------------------------------------------------------------------------
     def sql(self, text: str, params: object = None) -> duckdb.DuckDBPyRelation:
-        """Run SQL against this report's views; returns a lazy DuckDB relation."""
+        """Run SQL against this report's views (after checking those it reads, :mod:`nsysan.quality`); returns
+        a lazy DuckDB relation."""
+        names = names_read(text)
+        for name in names:
+            self._ensure(name)
+        quality.check(self, names)
         return self._con.sql(text, params=params)
 
     def frame(self, text: str, params: object = None) -> pl.DataFrame:
-        """Run SQL against this report's views and return a polars DataFrame (read through the Arrow stream
-        interface, which skips pyarrow)."""
-        return pl.DataFrame(self._con.sql(text, params=params))
+        """Run SQL against this report's views (checked as :meth:`sql` does; a query of
+        :data:`nsysan.quality.RESULT_CHECKS` is checked on its result instead) and return a polars DataFrame
+        (read through the Arrow stream interface, which skips pyarrow)."""
+        result_check = quality.RESULT_CHECKS.get(text)
+        names = names_read(text)
+        for name in names:
+            self._ensure(name)
+        quality.check(self, names, defer=result_check.deferred if result_check else ())
+        frame = pl.DataFrame(self._con.sql(text, params=params))
+        return result_check.check(self, frame) if result_check else frame
 
     def table(self, name: str) -> pl.DataFrame:
         """A tidy view (one of :data:`TIDY_VIEWS`) as a polars DataFrame."""
@@ -206,7 +400,7 @@ class Report:
 
     def close(self) -> None:
         self._derived.clear()
-        self._con.close()
+        self._close()
 
     def __enter__(self) -> Report:
         return self
@@ -216,6 +410,16 @@ class Report:
 
     def __repr__(self) -> str:
         return f"Report({str(self.path)!r})"
+
+
+def _by_name(table: str, columns: list[str] | set[str]) -> dict[str, str]:
+    """{column as :data:`nsysan.schema.RAW_TABLES` names it: as the export names it}, matched without case;
+    parquet's ``file_row_number`` kept."""
+    actual = {c.lower(): c for c in columns}
+    out = {c: actual[c.lower()] for c in schema.RAW_TABLES.get(table, {}) if c.lower() in actual}
+    if "file_row_number" in actual:
+        out["file_row_number"] = "file_row_number"
+    return out
 
 
 def derived(compute: Callable[..., T]) -> Callable[..., T]:

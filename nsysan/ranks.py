@@ -21,6 +21,7 @@ import polars as pl
 
 from nsysan.load import Report, derived
 from nsysan.metadata import sidecar_path
+from nsysan.sql import query
 
 COLUMNS = ("pid", "device_id", "rank", "rank_source")
 #: Grouping keys every analysis whose rows carry a ``pid`` provides.
@@ -28,20 +29,12 @@ KEYS = ("rank", "device_id")
 #: Keys that keep the ranks of a report apart when grouped by (one process per GPU, as DDP runs).
 SEPARATING = ("rank", "pid", "device_id", "src_device_id", "dst_device_id")
 SCHEMA = {"pid": pl.Int64, "device_id": pl.Int64, "rank": pl.Int64, "rank_source": pl.String}
-_PROCESSES = """
-WITH activity AS (
-    SELECT (global_tid >> 24) & 16777215 AS pid, NULL::BIGINT AS device_id FROM nvtx_ranges
-    UNION ALL
-    SELECT (global_pid >> 24) & 16777215, device_id FROM gpu_ops
-)
-SELECT pid, mode(device_id) AS device_id FROM activity GROUP BY pid ORDER BY pid
-"""
 
 
 @derived
 def device_of_process(report: Report) -> pl.DataFrame:
     """Every process with NVTX ranges or GPU ops: ``pid`` and ``device_id`` (most of its ops; null if none)."""
-    return report.frame(_PROCESSES).cast({"pid": pl.Int64, "device_id": pl.Int64})
+    return report.frame(query("process_devices")).cast({"pid": pl.Int64, "device_id": pl.Int64})
 
 
 @derived

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nsysan.errors import NsysanError
+from nsysan.files import UnreadableFile, read_head, resolved
 from nsysan.host import write_atomic as _write_file
 
 if TYPE_CHECKING:  # polars is needed only by whoever hands us a frame: the runner renders rows without it
@@ -212,24 +214,32 @@ def terminal_width() -> int:
 
 # -- writing ------------------------------------------------------------------------------------------------------
 def check_output(path: Path, inputs: Sequence[Path] = ()) -> None:
-    """Refuse an output path that would destroy data: one of ``inputs`` (or a file inside an input folder),
-    an existing nsys export or report (SQLite or ``.nsys-rep`` by content, a parquetdir folder), or a folder."""
-    target = path.resolve()
+    """Refuse an output path that would destroy data: one of ``inputs`` (by name after resolving links, or the
+    same file under another name: a hard link), a file inside an input folder, an existing nsys export or
+    report (SQLite or ``.nsys-rep`` by content, a parquetdir folder), or a folder. Nothing is opened that
+    could block (a FIFO is never read)."""
+    target = resolved(path)
     for given in inputs:
-        source = Path(given).resolve()
-        if target == source or (source.is_dir() and source in target.parents):
+        source = resolved(given)
+        if target == source or (source.is_dir() and source in target.parents) or _same_file(target, source):
             raise NsysanError(f"{path}: is an input of this command; give another output file")
     if path.is_dir():
         raise NsysanError(f"{path}: is a directory; give a file name to write to")
     if any(p.name.endswith("_pqtdir") or (p / "StringIds.parquet").exists() for p in (target.parent, *target.parents)):
         raise NsysanError(f"{path}: lies inside an nsys parquetdir export; give another output file")
     try:
-        with path.open("rb") as f:
-            head = f.read(32)
-    except OSError:
+        head = read_head(path, 32)
+    except UnreadableFile:
         return  # missing, unreadable or special: writing replaces the name and says what goes wrong
     if head.startswith(_PROTECTED_MAGIC):
         raise NsysanError(f"{path}: is an nsys export or report; nsysan never overwrites one (give another file)")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_atomic(path: Path, data: bytes, *, inputs: Sequence[Path] = ()) -> None:
@@ -243,7 +253,7 @@ def write_atomic(path: Path, data: bytes, *, inputs: Sequence[Path] = ()) -> Non
 
 
 def emit(frame: pl.DataFrame, fmt: str, output: Path | None, *, title: str = "",
-         columns: Sequence[str] | None = None, drop_first: Sequence[str] = ()) -> None:
+         columns: Sequence[str] | None = None, drop_first: Sequence[str] = (), inputs: Sequence[Path] = ()) -> None:
     """Write a result where the user asked: a file (atomically, never over an input or an nsys export)
     or stdout. ``columns`` and ``drop_first`` shape a table (see :func:`table`); files get every column."""
     if fmt == "parquet" and output is None and sys.stdout.isatty():
@@ -254,4 +264,4 @@ def emit(frame: pl.DataFrame, fmt: str, output: Path | None, *, title: str = "",
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
     else:
-        write_atomic(output, data)
+        write_atomic(output, data, inputs=inputs)

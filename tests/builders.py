@@ -49,6 +49,8 @@ DDL = {
     "ENUM_CUDA_MEMCPY_OPER": "id INTEGER NOT NULL PRIMARY KEY, name TEXT, label TEXT",
     "ENUM_CUDA_MEM_KIND": "id INTEGER NOT NULL PRIMARY KEY, name TEXT, label TEXT",
     "META_DATA_EXPORT": "name TEXT NOT NULL, value TEXT",
+    "ANALYSIS_DETAILS": "globalVid INTEGER NOT NULL, duration INTEGER NOT NULL, startTime INTEGER NOT NULL, "
+                        "stopTime INTEGER NOT NULL",
 }
 MEMCPY_OPER = [(0, "CUDA_MEMCPY_KIND_UNKNOWN", "Unknown"), (1, "CUDA_MEMCPY_KIND_HTOD", "Host-to-Device"),
                (2, "CUDA_MEMCPY_KIND_DTOH", "Device-to-Host"), (8, "CUDA_MEMCPY_KIND_DTOD", "Device-to-Device")]
@@ -160,6 +162,11 @@ class ExportBuilder:
                 ("EXPORT_PRODUCT_NAME", "NVIDIA Nsight Systems"), ("EXPORT_PRODUCT_VERSION", "2023.4.4.54"),
                 ("EXPORT_SCHEMA_VERSION", self.schema_version), ("EXPORT_SCHEMA_VERSION_MAJOR", major),
                 ("EXPORT_SCHEMA_VERSION_MINOR", minor), ("EXPORT_SCHEMA_VERSION_MICRO", micro)]
+            # The traced span, as nsys records it: every event lies inside it.
+            times = [t for table in ("NVTX_EVENTS", "CUPTI_ACTIVITY_KIND_RUNTIME", *OP_TABLES.values())
+                     for row in self.rows.get(table, []) for t in row[:2] if t is not None]
+            if times:
+                tables["ANALYSIS_DETAILS"] = [(HARDWARE_BITS, max(times) - min(times), min(times), max(times))]
         con = sqlite3.connect(path)
         try:
             for table, rows in tables.items():

@@ -18,7 +18,7 @@ import typer
 from nsysan.cli import views
 from nsysan.cli.options import FormatOpt, Output, message, user_errors
 from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USER_ERROR, NsysanError
-from nsysan.render import emit, infer_format, rows_table, terminal_width, write_atomic
+from nsysan.render import check_output, emit, infer_format, rows_table, terminal_width, write_atomic
 
 if TYPE_CHECKING:
     from nsysan.exporter import ExportItem
@@ -91,6 +91,9 @@ def export(
         chosen = infer_format(fmt, output)
         if summary is not None and summary.is_dir():
             raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
+        for target in (output, summary):  # before anything is converted: never over a report named here
+            if target is not None:
+                check_output(target, [p for p in paths if not p.is_dir()])
         try:
             with _export_progress() as progress:
                 result = run_export(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
@@ -105,6 +108,8 @@ def export(
             message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
         for item in result.failed:
             message(f"nsysan: {item.line()}")
+        # Outputs never replace a report or an export of this batch (nor anything under an input folder).
+        inputs = [*(i.report for i in result.items), *(o for i in result.items for o in i.outputs.values())]
         if chosen == "table":  # without polars: the exporter runs where only the runner's packages are
             rows = [{**item.to_dict(), "outputs": ", ".join(map(str, item.outputs.values()))} for item in result.items]
             text = rows_table(rows, views.EXPORT.columns, title=views.EXPORT.title,
@@ -112,11 +117,12 @@ def export(
             if output is None:
                 typer.echo(text, nl=False)
             else:
-                write_atomic(output, text.encode())
+                write_atomic(output, text.encode(), inputs=inputs)
         else:
-            emit(result.to_frame(), chosen, output)
+            frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
+            emit(frame, chosen, output, inputs=inputs, **shape)
         if summary is not None:
-            write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode())
+            write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode(), inputs=inputs)
         counts = result.counts
         done = ", ".join(f"{counts[key]} {label}" for key, label in (
             ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),

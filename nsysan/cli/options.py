@@ -173,8 +173,11 @@ stats_options = option_group(
 
 
 # -- the command skeleton -------------------------------------------------------------------------------------
-def message(text: str) -> None:
-    typer.echo(text, err=True)
+def message(text: str, *, err: bool = True) -> None:
+    """One line for the user (stderr unless ``err`` is False), kept on one line whatever file names it holds."""
+    from nsysan.files import printable
+
+    typer.echo(printable(text), err=err)
 
 
 @contextmanager
@@ -228,7 +231,7 @@ def show(result: Result, view: View, fmt: str, output: Path | None, *, keys: tup
 
     answer = result.frame.is_empty() and fmt == "table" and output is None
     for note in result.notes:
-        typer.echo(f"nsysan: {note}", err=not answer)
+        message(f"nsysan: {note}", err=not answer)
     if result.frame.is_empty():
         return
     frame, shape = view.apply(result.frame, fmt, keys=keys, top=top, **fields)
