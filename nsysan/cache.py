@@ -168,15 +168,15 @@ def _entry(directory: Path, key: str) -> Path:
 
 def lookup(key: str) -> tuple[pl.DataFrame, list[str]] | None:
     """The cached frame and notes of ``key``; None when there is none, or it was damaged (then removed)."""
-    import pyarrow.parquet as pq
-
     where = _entry(settings().directory, key)
     try:
-        table = pq.read_table(where)
-        notes = json.loads((table.schema.metadata or {}).get(NOTES_KEY.encode(), b"[]"))
-        frame = pl.from_arrow(table.replace_schema_metadata(None))
-    except FileNotFoundError:
+        data = where.read_bytes()
+    except OSError:  # none yet, or a cache folder that cannot be read: analyse the export
         return None
+    try:
+        # polars' own reader: pyarrow's would import pyarrow.dataset and pandas, most of a warm run's time.
+        notes = json.loads(pl.read_parquet_metadata(data).get(NOTES_KEY, "[]"))
+        frame = pl.read_parquet(data)
     except Exception:  # noqa: BLE001 - a damaged entry is never trusted, whatever its damage is
         where.unlink(missing_ok=True)
         return None
@@ -184,23 +184,18 @@ def lookup(key: str) -> tuple[pl.DataFrame, list[str]] | None:
         os.utime(where)  # its modification time orders entries for eviction: least recently used go first
     except OSError:
         pass
-    assert isinstance(frame, pl.DataFrame)
     return frame, list(notes)
 
 
 def store(key: str, frame: pl.DataFrame, notes: list[str]) -> None:
     """Write the entry (atomically); a cache that cannot be written is left alone, never an error."""
     where = _entry(settings().directory, key)
-    table = frame.to_arrow()
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), NOTES_KEY: json.dumps(notes)})
-    import pyarrow.parquet as pq
-
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
         fd, temp = tempfile.mkstemp(dir=where.parent, prefix=f".{where.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            pq.write_table(table, temp, compression="zstd")
+            frame.write_parquet(temp, compression="zstd", metadata={NOTES_KEY: json.dumps(notes)})
             os.replace(temp, where)
         finally:
             Path(temp).unlink(missing_ok=True)
