@@ -36,13 +36,14 @@ def test_committed_without_outputs_on_the_public_api(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs_in_a_fresh_kernel(name):
+def test_notebook_runs_in_a_fresh_kernel(name, monkeypatch):
     from nbclient import NotebookClient
 
     book = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     # the kernel imports this checkout's nsysan, whatever is installed
     root = str(NOTEBOOKS.parent)
-    os.environ["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    # (monkeypatch: later tests' subprocesses must not inherit it, the packaging test's installed nsysan above all)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])]))
     started = time.perf_counter()
     NotebookClient(book, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}},
                    allow_errors=False).execute()

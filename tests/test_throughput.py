@@ -249,11 +249,16 @@ def test_one_report_with_metadata_columns_and_no_report_column(tmp_path):
     assert frame.schema["batch_size"] == pl.Int64 and frame.schema["samples"] == pl.Int64
 
 
-def test_sidecar_batch_size_as_text_and_a_stray_source_key(tmp_path):
+def test_sidecar_batch_size_as_text_fails_and_a_stray_source_key_is_ignored(tmp_path):
     path = batches_export(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000],
-                          sidecar={"batch_size": "16", "batch_size_source": "mine"})
+                          sidecar={"batch_size": 16, "batch_size_source": "mine"})
     r = only_row(nsysan.throughput(path))
     assert (r["batch_size"], r["batch_size_source"], r["samples"]) == (16, "sidecar:batch_size", 32)
+    # A number written as text is refused (sidecars are typed, docs/metrics.md), in one line naming the sidecar.
+    text = batches_export(tmp_path / "text" / "pipeline_gpu0_numa0_vit1x1x1.sqlite", [1000, 1000],
+                          sidecar={"batch_size": "16"})
+    (failure,) = nsysan.throughput(text).failures
+    assert "meta.json: batch_size must be a positive integer" in failure.reason and "\n" not in failure.reason
 
 
 def test_several_batches_without_a_report_column(tmp_path):
