@@ -545,3 +545,26 @@ def test_public_api() -> None:
 
     assert callable(public) and public.__module__ == "nsysan.exporter"
     assert nsysan.ExportResult is ExportResult
+
+
+# -- without the analysis packages -----------------------------------------------------------------------------
+
+def test_export_runs_without_duckdb_and_polars(rep23: Rep, nsys: str, tmp_path: Path) -> None:
+    """The GPU machine has only the runner's packages: the exporter and its command must not need the analyses'."""
+    runs = tmp_path / "runs"
+    place(rep23, runs / "a.nsys-rep")
+    summary = tmp_path / "summary.json"
+    code = ("import sys\n"
+            "sys.modules['duckdb'] = None\n"
+            "sys.modules['polars'] = None\n"
+            "import nsysan.exporter, nsysan.export_batch\n"
+            "from nsysan.cli import main\n"
+            f"sys.argv = ['nsysan', 'export', {str(runs)!r}, '--nsys', {nsys!r}, '--summary', {str(summary)!r}]\n"
+            "main()\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert ran.returncode == 0, ran.stderr
+    assert "a.nsys-rep" in ran.stdout and "converted" in ran.stdout
+    assert json.loads(summary.read_text())["counts"]["converted"] == 1
+    assert range_counts(runs / "a.sqlite") == rep23.expected
+
