@@ -10,6 +10,7 @@ import unicodedata
 from pathlib import Path
 
 from nsysan import files, nsys_tool
+from nsysan.errors import NotAnExportError
 from nsysan.nsys_tool import NsysVersion
 
 REPORT_MAGIC = b"NVIDIA Tegra Profiler Report"
@@ -75,9 +76,6 @@ def export_problem(path: Path, kind: str) -> str | None:
 
 
 def _sqlite_problem(path: Path) -> str | None:
-    from nsysan.errors import NotAnExportError
-    from nsysan.load import _check_no_writer, _check_not_truncated
-
     for side in ("-journal", "-wal"):
         if os.path.lexists(f"{path}{side}"):
             return f"a writer was interrupted (left {path.name}{side})"
@@ -88,11 +86,11 @@ def _sqlite_problem(path: Path) -> str | None:
     if head != SQLITE_MAGIC:
         return "not an SQLite file" if head else "empty file"
     try:
-        _check_not_truncated(path)
+        check_not_truncated(path)
     except NotAnExportError:
         return "truncated SQLite file"
     try:
-        _check_no_writer(path, files.read_head(path, 100))
+        check_no_writer(path, files.read_head(path, 100))
     except (NotAnExportError, files.UnreadableFile) as e:
         return str(e).removeprefix(f"{path}: ")
     try:
@@ -110,6 +108,51 @@ def _sqlite_problem(path: Path) -> str | None:
     if not finished:
         return f"the export run did not finish ({meta} lacks {FINISHED_KEY})"
     return None
+
+
+def check_not_truncated(path: Path, header: bytes | None = None) -> None:
+    """Compare the file's size with the size its SQLite header records (cheap, unlike a full integrity check).
+
+    Here, with the standard library only, because the exporter checks its exports with it where DuckDB and polars
+    are not installed; :mod:`nsysan.load` checks the exports it opens with it too."""
+    if header is None:
+        try:
+            header = files.read_head(path, 100)
+        except files.UnreadableFile as e:
+            raise NotAnExportError(f"{path}: {e}") from None
+    if len(header) < 100:
+        raise NotAnExportError(f"{path}: truncated SQLite file ({len(header)} bytes); export it again")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    page_count = int.from_bytes(header[28:32], "big")
+    # The recorded page count is only valid when the "version-valid-for" number matches the change counter.
+    if header[92:96] == header[24:28] and page_count:
+        expected = page_size * page_count
+        actual = path.stat().st_size
+        if actual < expected:
+            raise NotAnExportError(
+                f"{path}: truncated SQLite file ({actual} of {expected} bytes); export it again")
+
+
+#: The first bytes of a rollback journal that SQLite would replay (a "hot" journal of an interrupted writer).
+JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
+
+
+def check_no_writer(path: Path, header: bytes) -> None:
+    """Refuse a file that SQLite could only read by writing beside it: one in WAL mode (a reader creates
+    ``-wal`` and ``-shm`` files), or one with the journal of an interrupted writer (which SQLite would replay)."""
+    if header[18:20] != b"\x01\x01":
+        raise NotAnExportError(f"{path}: the SQLite file is in WAL mode (not as nsys writes it): reading it would "
+                               "create files beside it; export it again, or copy it and run `sqlite3 COPY "
+                               "'PRAGMA journal_mode=DELETE'`")
+    journal = Path(f"{path}-journal")
+    try:
+        hot = files.read_head(journal, 8) == JOURNAL_MAGIC
+    except files.UnreadableFile:
+        hot = False
+    if hot:
+        raise NotAnExportError(f"{path}: {journal.name} beside it holds the changes of an interrupted writer: the "
+                               "export may be incomplete; export it again")
 
 
 def _parquet_problem(path: Path) -> str | None:

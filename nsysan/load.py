@@ -33,6 +33,8 @@ import polars as pl
 
 from nsysan import files, quality, schema
 from nsysan.errors import MissingDataError, NotAnExportError
+from nsysan.export_check import check_no_writer as _check_no_writer
+from nsysan.export_check import check_not_truncated as _check_not_truncated
 from nsysan.metadata import report_stem
 from nsysan.sql import query
 
@@ -141,48 +143,6 @@ def _check_sqlite_export(path: Path) -> dict[str, tuple[str, set[str]]]:
     except sqlite3.Error as e:
         raise NotAnExportError(f"{path}: damaged SQLite file ({files.brief(e)}); export it again") from None
     return columns
-
-
-def _check_not_truncated(path: Path, header: bytes | None = None) -> None:
-    """Compare the file's size with the size its SQLite header records (cheap, unlike a full integrity check)."""
-    if header is None:
-        try:
-            header = files.read_head(path, 100)
-        except files.UnreadableFile as e:
-            raise NotAnExportError(f"{path}: {e}") from None
-    if len(header) < 100:
-        raise NotAnExportError(f"{path}: truncated SQLite file ({len(header)} bytes); export it again")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    page_count = int.from_bytes(header[28:32], "big")
-    # The recorded page count is only valid when the "version-valid-for" number matches the change counter.
-    if header[92:96] == header[24:28] and page_count:
-        expected = page_size * page_count
-        actual = path.stat().st_size
-        if actual < expected:
-            raise NotAnExportError(
-                f"{path}: truncated SQLite file ({actual} of {expected} bytes); export it again")
-
-
-#: The first bytes of a rollback journal that SQLite would replay (a "hot" journal of an interrupted writer).
-JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
-
-
-def _check_no_writer(path: Path, header: bytes) -> None:
-    """Refuse a file that SQLite could only read by writing beside it: one in WAL mode (a reader creates
-    ``-wal`` and ``-shm`` files), or one with the journal of an interrupted writer (which SQLite would replay)."""
-    if header[18:20] != b"\x01\x01":
-        raise NotAnExportError(f"{path}: the SQLite file is in WAL mode (not as nsys writes it): reading it would "
-                               "create files beside it; export it again, or copy it and run `sqlite3 COPY "
-                               "'PRAGMA journal_mode=DELETE'`")
-    journal = Path(f"{path}-journal")
-    try:
-        hot = files.read_head(journal, 8) == JOURNAL_MAGIC
-    except files.UnreadableFile:
-        hot = False
-    if hot:
-        raise NotAnExportError(f"{path}: {journal.name} beside it holds the changes of an interrupted writer: the "
-                               "export may be incomplete; export it again")
 
 
 def _glob_literal(path: str) -> str:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -60,8 +60,12 @@ def parse_jobs(value: str | int | None) -> int:
 
 def settings() -> Settings:
     jobs = _configured.get("jobs", os.environ.get("NSYSAN_JOBS"))
-    scheduler = _configured.get("scheduler", os.environ.get("NSYSAN_SCHEDULER")) or None
-    return Settings(parse_jobs(jobs), scheduler)
+    return Settings(parse_jobs(jobs), configured_scheduler())
+
+
+def configured_scheduler() -> str | None:
+    """The Dask scheduler set by :func:`configure` or ``NSYSAN_SCHEDULER``, None for none."""
+    return _configured.get("scheduler", os.environ.get("NSYSAN_SCHEDULER")) or None
 
 
 def configure(*, jobs: str | int | None = None, scheduler: str | None = None) -> None:
@@ -79,7 +83,7 @@ def run_each(work: Callable[[T], R], tasks: Iterable[T]) -> Iterator[tuple[int, 
     tasks = list(tasks)
     now = settings()
     if now.scheduler:
-        yield from _on_dask(work, tasks, now.scheduler)
+        yield from map_on_dask(work, tasks, now.scheduler)
     elif now.jobs > 1 and len(tasks) > 1:
         yield from _in_processes(work, tasks, min(now.jobs, len(tasks)))
     else:
@@ -131,7 +135,11 @@ def _start_worker(threads: int) -> None:
     os.environ["NSYSAN_DUCKDB_THREADS"] = str(threads)
 
 
-def _on_dask(work: Callable[[T], R], tasks: list[T], address: str) -> Iterator[tuple[int, R]]:
+def map_on_dask(work: Callable[[T], R], tasks: Iterable[T], address: str) -> Iterator[tuple[int, R]]:
+    """``(i, work(task_i))`` for every task, each one task on the Dask cluster at ``address``, in the order they
+    finish. ``work`` must pickle (a module-level function or a partial of one). Leaving early (an error in a
+    task, Ctrl-C, a caller that stops iterating) cancels the tasks that have not finished."""
+    tasks = list(tasks)
     try:
         from distributed import Client, as_completed
     except ImportError:
@@ -143,5 +151,13 @@ def _on_dask(work: Callable[[T], R], tasks: list[T], address: str) -> Iterator[t
     with client, client.as_current():
         futures = client.map(work, tasks, pure=False)
         index = {future.key: i for i, future in enumerate(futures)}
-        for future in as_completed(futures):
-            yield index[future.key], future.result()
+        try:
+            for future in as_completed(futures):
+                yield index[future.key], future.result()
+        finally:
+            unfinished = [future for future in futures if not future.done()]
+            if unfinished:
+                # A cluster that went away cannot be told; its tasks die with it, and the error that got us
+                # here is the one to report.
+                with suppress(Exception):
+                    client.cancel(unfinished)

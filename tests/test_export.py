@@ -545,3 +545,135 @@ def test_public_api() -> None:
 
     assert callable(public) and public.__module__ == "nsysan.exporter"
     assert nsysan.ExportResult is ExportResult
+
+
+# -- without the analysis packages -----------------------------------------------------------------------------
+
+def test_export_runs_without_duckdb_and_polars(rep23: Rep, nsys: str, tmp_path: Path) -> None:
+    """The GPU machine has only the runner's packages: the exporter and its command must not need the analyses'."""
+    runs = tmp_path / "runs"
+    place(rep23, runs / "a.nsys-rep")
+    summary = tmp_path / "summary.json"
+    code = ("import sys\n"
+            "sys.modules['duckdb'] = None\n"
+            "sys.modules['polars'] = None\n"
+            "import nsysan.exporter, nsysan.export_batch\n"
+            "from nsysan.cli import main\n"
+            f"sys.argv = ['nsysan', 'export', {str(runs)!r}, '--nsys', {nsys!r}, '--summary', {str(summary)!r}]\n"
+            "main()\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert ran.returncode == 0, ran.stderr
+    assert "a.nsys-rep" in ran.stdout and "converted" in ran.stdout
+    assert json.loads(summary.read_text())["counts"]["converted"] == 1
+    assert range_counts(runs / "a.sqlite") == rep23.expected
+
+
+# -- on a Dask cluster (--scheduler) -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed") if os.environ.get("CI") != "true" else __import__("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as made:
+        yield made
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def batch_folder(root: Path, rep23: Rep, rep22: Rep, stale_pid: int) -> Path:
+    """Reports of every outcome: converted (two nsys releases), failed (empty), clashing, and a stale temporary."""
+    for i in range(2):
+        place(rep23, root / f"run{i}.nsys-rep")
+    place(rep22, root / "sub" / "old.nsys-rep")
+    place(rep23, root / "sub" / "old.qdrep")  # the same outputs as old.nsys-rep
+    (root / "empty.nsys-rep").write_bytes(b"")
+    (root / f"run0.sqlite.nsysan-{stale_pid}-0123abcd.tmp").write_bytes(b"left by a SIGKILLed run")
+    return root
+
+
+def without_timings(summary: dict, root: Path) -> dict:
+    """A summary with its timings left out and its paths relative to ``root``, to compare two batches."""
+    text = json.dumps(summary).replace(str(root), "ROOT")
+    found = json.loads(text)
+    found.pop("seconds")
+    for item in found["items"]:
+        item.pop("seconds")
+    return found
+
+
+def table_rows(export_path: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{export_path}?mode=ro", uri=True) as con:
+        tables = [row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        return {t: con.execute(f'SELECT COUNT(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
+def test_a_dask_cluster_gives_what_jobs_1_gives(cluster, rep23: Rep, rep22: Rep, nsys: str, tmp_path: Path) -> None:
+    stale_pid = dead_pid()
+    results, seen = {}, {}
+    for where, settings in (("local", {"jobs": 1}), ("dask", {"scheduler": cluster.scheduler_address})):
+        runs = batch_folder(tmp_path / where, rep23, rep22, stale_pid)
+        seen[where] = []
+        results[where] = export([runs], types="both", nsys=nsys, **settings,
+                                progress=lambda item, done, total, into=seen[where]: into.append((item, done, total)))
+    local, dask = results["local"], results["dask"]
+    assert local.counts == {"total": 5, "converted": 3, "up_to_date": 0, "would_convert": 0, "failed": 2}
+    assert local.stale_removed == [tmp_path / "local" / f"run0.sqlite.nsysan-{stale_pid}-0123abcd.tmp"]
+    assert without_timings(dask.to_dict(), tmp_path / "dask") == without_timings(local.to_dict(), tmp_path / "local")
+    assert [(done, total) for _, done, total in seen["dask"]] == [(n, 5) for n in range(1, 6)]
+    assert sorted(str(i.report) for i, _, _ in seen["dask"]) == sorted(str(i.report) for i in dask.items)
+    assert listing(tmp_path / "dask") == listing(tmp_path / "local")
+    for a, b in zip(local.converted, dask.converted):
+        assert table_rows(b.outputs["sqlite"]) == table_rows(a.outputs["sqlite"])
+        assert sorted(p.name for p in b.outputs["parquet"].iterdir()) == sorted(
+            p.name for p in a.outputs["parquet"].iterdir())
+    assert range_counts(tmp_path / "dask" / "sub" / "old.sqlite") == rep22.expected
+
+
+def test_the_command_line_on_a_dask_cluster(cluster, rep23: Rep, nsys: str, tmp_path: Path) -> None:
+    outcome = {}
+    for where, options in (("local", ["--jobs", "1"]), ("dask", ["--scheduler", cluster.scheduler_address])):
+        runs = tmp_path / where
+        place(rep23, runs / "a.nsys-rep")
+        (runs / "b.nsys-rep").write_bytes(b"")
+        ran = CliRunner().invoke(app, ["export", str(runs), "--nsys", nsys, "-f", "json", *options,
+                                       "--summary", str(tmp_path / f"{where}.json")])
+        assert ran.exit_code == 3, ran.stderr
+        rows = json.loads(ran.stdout.replace(str(runs), "ROOT"))
+        outcome[where] = ([{k: v for k, v in row.items() if k != "seconds"} for row in rows],
+                          without_timings(json.loads((tmp_path / f"{where}.json").read_text()), runs))
+    assert outcome["dask"] == outcome["local"]
+    assert [row["status"] for row in outcome["dask"][0]] == ["converted", "failed"]
+
+
+def test_an_unreachable_scheduler_is_one_line_and_writes_nothing(rep23: Rep, nsys: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    place(rep23, runs / "a.nsys-rep")
+    summary = tmp_path / "summary.json"
+    # Nothing listens on the discard port.
+    ran = CliRunner().invoke(app, ["export", str(runs), "--nsys", nsys, "--scheduler", "tcp://127.0.0.1:9",
+                                   "--summary", str(summary)])
+    assert ran.exit_code == 1 and ran.stdout == ""
+    assert len(ran.stderr.splitlines()) == 1
+    assert ran.stderr.startswith("nsysan: cannot reach the Dask scheduler at tcp://127.0.0.1:9 (")
+    assert listing(runs) == ["a.nsys-rep"] and not summary.exists()
+    with pytest.raises(NsysanError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        export([runs], nsys=nsys, scheduler="tcp://127.0.0.1:9")
+
+
+def test_a_scheduler_without_dask_installed_is_one_line(rep23: Rep, nsys: str, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    place(rep23, runs / "a.nsys-rep")
+    code = ("import sys\n"
+            "sys.modules['distributed'] = None\n"
+            "from nsysan.cli import main\n"
+            f"sys.argv = ['nsysan', 'export', {str(runs)!r}, '--nsys', {nsys!r}, '--scheduler', 'tcp://127.0.0.1:9']\n"
+            "main()\n")
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert ran.returncode == 1
+    assert ran.stderr.strip() == "nsysan: --scheduler needs Dask distributed: pip install 'nsysan[dask]'"
+    assert listing(runs) == ["a.nsys-rep"]

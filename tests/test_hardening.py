@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 import nsysan
 from builders import MAIN_TID, ExportBuilder
-from nsysan import engine, exporter, quality
+from nsysan import engine, export_batch, quality
 from nsysan.cli import app
 from nsysan.export_check import export_problem
 from nsysan.files import printable, sqlite_uri
@@ -210,7 +210,7 @@ def test_an_interrupted_export_stops_waiting_for_a_stuck_worker(tmp_path: Path, 
     fake = tmp_path / "nsys"
     fake.write_text(f"#!{sys.executable}\nprint('NVIDIA Nsight Systems version 2023.4.4.54-fake')\n")
     fake.chmod(0o755)
-    code = ("import sys, time, nsysan.exporter as e\n"
+    code = ("import sys, time, nsysan.export_batch as e\n"
             "e.STOP_WAIT_S = 1.0\n"
             "e.inspect_report = lambda report: time.sleep(3600)\n"
             "from nsysan.cli import main\n"
@@ -232,16 +232,16 @@ def test_stop_waits_a_bounded_time_and_never_ignores_signals(monkeypatch: pytest
     import concurrent.futures
     import threading
 
-    monkeypatch.setattr(exporter, "STOP_WAIT_S", 0.3)
+    monkeypatch.setattr(export_batch, "STOP_WAIT_S", 0.3)
     release = threading.Event()
-    pool = exporter._Workers(1, "test")
+    pool = export_batch._Workers(1, "test")
     stuck = pool.submit(release.wait)
-    batch = exporter._Batch(None, ("sqlite",), force=False, dry_run=False, timeout=None)
+    batch = export_batch._Batch(None, ("sqlite",), force=False, dry_run=False, timeout=None)
     handlers = []
-    monkeypatch.setattr(exporter, "wait", lambda fs, timeout: handlers.append(signal.getsignal(signal.SIGINT))
+    monkeypatch.setattr(export_batch, "wait", lambda fs, timeout: handlers.append(signal.getsignal(signal.SIGINT))
                         or concurrent.futures.wait(fs, timeout=timeout))
     started = time.monotonic()
-    exporter._stop(batch, pool, {stuck})
+    export_batch._stop(batch, pool, {stuck})
     assert time.monotonic() - started < 5
     assert handlers and handlers[0] is not signal.SIG_IGN
     release.set()

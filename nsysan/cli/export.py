@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -21,13 +21,18 @@ from nsysan.errors import EXIT_INTERRUPTED, EXIT_PARTIAL, EXIT_USER_ERROR, Nsysa
 from nsysan.render import check_output, emit, infer_format, rows_table, terminal_width, write_atomic
 
 if TYPE_CHECKING:
-    from nsysan.exporter import ExportItem
+    from nsysan.exporter import ExportItem, ExportResult
 
 app = typer.Typer()
 
 NsysOpt = Annotated[Optional[str], typer.Option(
     "--nsys", help="The nsys to use (a binary or an install folder). Default: $NSYS, else the newest nsys on "
     "PATH, in the usual install folders and in nsysan's cache.", show_default=False)]
+SchedulerOpt = Annotated[Optional[str], typer.Option(
+    "--scheduler", envvar="NSYSAN_SCHEDULER", show_default=False,
+    help="Convert each report as one task on this Dask distributed scheduler (tcp://host:8786; pip install "
+    "'nsysan[dask]'), for batches larger than this machine. Its workers must see the reports, the output "
+    "folders and the nsys at the same paths as here (a shared file system). --jobs is then unused.")]
 
 
 @contextmanager
@@ -75,6 +80,7 @@ def export(
     summary: Annotated[Optional[Path], typer.Option(
         "--summary", help="Also write a JSON summary of the batch to this file.")] = None,
     nsys: NsysOpt = None,
+    scheduler: SchedulerOpt = None,
     fmt: FormatOpt = None,
     output: Output = None,
 ) -> None:
@@ -85,52 +91,79 @@ def export(
 
     Example: nsysan export runs/ --jobs 4 --type both --summary export.json
     """
-    from nsysan.exporter import export as run_export  # as a name of its own: this function is called export
-
     with user_errors():
         chosen = infer_format(fmt, output)
-        if summary is not None and summary.is_dir():
-            raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
-        for target in (output, summary):  # before anything is converted: never over a report named here
-            if target is not None:
-                check_output(target, [p for p in paths if not p.is_dir()])
-        try:
-            with _export_progress() as progress:
-                result = run_export(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
-                                    timeout=timeout, nsys=nsys, progress=progress)
-        except KeyboardInterrupt:
-            message("nsysan: interrupted: stopped nsys and removed the partial exports")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-        for note in result.notes:
-            message(f"nsysan: {note}")
-        if result.stale_removed:
-            verb = "would remove" if dry_run else "removed"
-            message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
-        for item in result.failed:
-            message(f"nsysan: {item.line()}")
+        _check_targets(paths, output, summary)
+        result = _convert(paths, types=type_, out_dir=out_dir, jobs=jobs, force=force, dry_run=dry_run,
+                          timeout=timeout, nsys=nsys, scheduler=scheduler or "none")
+        _tell_problems(result)
         # Outputs never replace a report or an export of this batch (nor anything under an input folder).
         inputs = [*(i.report for i in result.items), *(o for i in result.items for o in i.outputs.values())]
-        if chosen == "table":  # without polars: the exporter runs where only the runner's packages are
-            rows = [{**item.to_dict(), "outputs": ", ".join(map(str, item.outputs.values()))} for item in result.items]
-            text = rows_table(rows, views.EXPORT.columns, title=views.EXPORT.title,
-                              width=terminal_width() if output is None else 200)
-            if output is None:
-                typer.echo(text, nl=False)
-            else:
-                write_atomic(output, text.encode(), inputs=inputs)
-        else:
-            frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
-            emit(frame, chosen, output, inputs=inputs, **shape)
+        _write_table(result, chosen, output, inputs)
         if summary is not None:
             write_atomic(summary, (json.dumps(result.to_dict(), indent=1) + "\n").encode(), inputs=inputs)
-        counts = result.counts
-        done = ", ".join(f"{counts[key]} {label}" for key, label in (
-            ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),
-            ("failed", "failed")) if counts[key] or key in ("converted", "failed"))
-        used = f" with {result.nsys.describe()}" if result.nsys is not None else ""
-        message(f"nsysan: {counts['total']} report(s): {done} in {result.seconds:.1f} s{used}")
-        if result.failed:
-            raise typer.Exit(EXIT_PARTIAL if len(result.failed) < counts["total"] else EXIT_USER_ERROR)
+        _tally(result)
+
+
+def _check_targets(paths: list[Path], output: Path | None, summary: Path | None) -> None:
+    """Refuse, before anything is converted, a summary that is a folder or a file that would overwrite a report."""
+    if summary is not None and summary.is_dir():
+        raise NsysanError(f"--summary {summary}: is a directory; give a file name to write to")
+    for target in (output, summary):
+        if target is not None:
+            check_output(target, [p for p in paths if not p.is_dir()])
+
+
+def _convert(paths: list[Path], **options: Any) -> ExportResult:
+    from nsysan.exporter import export as run_export  # as a name of its own: the command is called export
+
+    try:
+        with _export_progress() as progress:
+            return run_export(paths, progress=progress, **options)
+    except KeyboardInterrupt:
+        if options["scheduler"].strip().lower() not in ("", "none", "local"):
+            message("nsysan: interrupted: cancelled the reports not started on the cluster; those running there "
+                    "finish or leave no partial export")
+        else:
+            message("nsysan: interrupted: stopped nsys and removed the partial exports")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _tell_problems(result: ExportResult) -> None:
+    for note in result.notes:
+        message(f"nsysan: {note}")
+    if result.stale_removed:
+        verb = "would remove" if result.dry_run else "removed"
+        message(f"nsysan: {verb} {len(result.stale_removed)} temporary file(s) left by an interrupted run")
+    for item in result.failed:
+        message(f"nsysan: {item.line()}")
+
+
+def _write_table(result: ExportResult, chosen: str, output: Path | None, inputs: list[Path]) -> None:
+    if chosen != "table":
+        frame, shape = views.EXPORT.apply(result.to_frame(), chosen)
+        emit(frame, chosen, output, inputs=inputs, **shape)
+        return
+    # Without polars: the exporter runs where only the runner's packages are.
+    rows = [{**item.to_dict(), "outputs": ", ".join(map(str, item.outputs.values()))} for item in result.items]
+    text = rows_table(rows, views.EXPORT.columns, title=views.EXPORT.title,
+                      width=terminal_width() if output is None else 200)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        write_atomic(output, text.encode(), inputs=inputs)
+
+
+def _tally(result: ExportResult) -> None:
+    """The one-line tally on stderr, and the exit code: 3 when some reports failed, 1 when all did."""
+    counts = result.counts
+    done = ", ".join(f"{counts[key]} {label}" for key, label in (
+        ("converted", "converted"), ("up_to_date", "up to date"), ("would_convert", "to convert"),
+        ("failed", "failed")) if counts[key] or key in ("converted", "failed"))
+    used = f" with {result.nsys.describe()}" if result.nsys is not None else ""
+    message(f"nsysan: {counts['total']} report(s): {done} in {result.seconds:.1f} s{used}")
+    if result.failed:
+        raise typer.Exit(EXIT_PARTIAL if len(result.failed) < counts["total"] else EXIT_USER_ERROR)
 
 
 @app.command()
