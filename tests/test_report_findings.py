@@ -1,10 +1,12 @@
-"""Each finding generator of nsysan.report.findings on small frames whose answer is known: the sentence holds
-the numbers computed from the frame (and nothing when there is nothing to say)."""
+"""Each finding generator of nsysan.report.findings and nsysan.report.findings_compare on small frames whose answer
+is known: the sentence holds the numbers computed from the frame (and nothing when there is nothing to say)."""
 from __future__ import annotations
 
 import polars as pl
 
 from nsysan.report import findings as F
+from nsysan.report import findings_compare as C
+from nsysan.report import words as W
 
 KEYS = ["model", "variant"]
 
@@ -16,14 +18,14 @@ def _latency(rows):
 
 
 def test_words():
-    assert F.pct(78.4) == "78 %" and F.pct(3.36) == "3.4 %" and F.pct(-27.6, signed=True) == "−28 %"
-    assert F.pct_range(18.2, 35.1) == "18–35 %" and F.pct_range(63.2, 63.4) == "63 %"
-    assert F.num(29.58) == "29.6" and F.num(0.2661) == "0.266" and F.num(3742.3) == "3,742"
-    assert F.group_name({"model": "vit32x6x512", "variant": None}, KEYS) == "vit32x6x512"
-    assert F.group_name({"model": "a", "rank": 1, "device_id": 0}, ["model", "rank", "device_id"]) == "a · rank 1 · GPU 0"
-    assert F.listing(["a", "b", "c"]) == "a, b and c"
-    assert F.model_size("vit32x6x512") == 6 * 512 * 512 / 32 ** 2 and F.model_size("vit0x0x0") == 0
-    assert F.model_size("resnet") is None
+    assert W.pct(78.4) == "78 %" and W.pct(3.36) == "3.4 %" and W.pct(-27.6, signed=True) == "−28 %"
+    assert W.pct_range(18.2, 35.1) == "18–35 %" and W.pct_range(63.2, 63.4) == "63 %"
+    assert W.num(29.58) == "29.6" and W.num(0.2661) == "0.266" and W.num(3742.3) == "3,742"
+    assert W.group_name({"model": "vit32x6x512", "variant": None}, KEYS) == "vit32x6x512"
+    assert W.group_name({"model": "a", "rank": 1, "device_id": 0}, ["model", "rank", "device_id"]) == "a · rank 1 · GPU 0"
+    assert W.listing(["a", "b", "c"]) == "a, b and c"
+    assert W.model_size("vit32x6x512") == 6 * 512 * 512 / 32 ** 2 and W.model_size("vit0x0x0") == 0
+    assert W.model_size("resnet") is None
 
 
 def test_largest_stage_from_a_model_up():
@@ -141,21 +143,21 @@ def test_comparison_lists_called_changes_and_the_whole_batch():
         {**row, "variant": None, "stage": "h2d", "metric": "gpu_proj_ms", "change_pct": 0.0,
          "ci_low_pct": 0.0, "ci_high_pct": 0.0, "verdict": "baseline"},
     ])
-    (found,) = F.comparison_findings(frame, KEYS, batch="batch_*", figure="f", table="t")
+    (found,) = C.comparison_findings(frame, KEYS, batch="batch_*", figure="f", table="t")
     assert found.text == ("m · pageable against variant=none: h2d GPU time +300 % (CI +225 % … +420 %) (slower). "
                           "Whole batch: batch time −28 % (CI −45 % … −4.5 %): no clear change.")
     assert found.level == "warn"
 
 
 def test_numa_penalty_and_no_numa():
-    assert F.numa_findings(pl.DataFrame(), ["only one NUMA node: all 5 report(s) ran on NUMA node 0"])[0].text == (
+    assert C.numa_findings(pl.DataFrame(), ["only one NUMA node: all 5 report(s) ran on NUMA node 0"])[0].text == (
         "Remote NUMA placement could not be tested: only one NUMA node: all 5 report(s) ran on NUMA node 0.")
     frame = pl.DataFrame({"model": ["a", "a", "b"], "local_numa": [0, 0, 0], "remote_numa": [2, 2, 2],
                           "stage": ["h2d", "forward", "h2d"], "direction": [None] * 3, "metric": ["gpu_proj_ms"] * 3,
                           "statistic": ["mean"] * 3, "penalty_pct": [35.0, 2.0, 12.0], "ci_low_pct": [30.0, -1.0, 8.0],
                           "ci_high_pct": [40.0, 5.0, 16.0], "verdict": ["slower", "no clear change", "slower"],
                           "sensitivity_pct": [35.0, 35.0, 12.0]})
-    worst, ranked = F.numa_findings(frame)
+    worst, ranked = C.numa_findings(frame)
     assert worst.text == "Remote NUMA node 2 costs a +35 % h2d GPU time against node 0 (CI +30 % … +40 %)."
     assert ranked.text == "NUMA sensitivity, most first: a (35 %) and b (12 %)."
 
@@ -171,18 +173,18 @@ def test_transfer_share_crossover():
 def test_comm_and_skew():
     comm = pl.DataFrame({"rank": [0, 1, 0], "collective": ["all", "all", "AllReduce"], "comm_ms": [87.1, 14.5, 86.0],
                          "exposed_pct": [92.0, 91.0, 92.0]})
-    (found,) = F.comm_findings(comm)
+    (found,) = C.comm_findings(comm)
     assert found.text.startswith("Communication is mostly exposed: 92 % of rank 0's 87.1 ms and 91 % of rank 1's 14.5 ms")
     assert "Rank 0 spends 6.0× the NCCL time of rank 1" in found.text
     skew = pl.DataFrame({"rank": [0, 1], "collective": ["all", "all"], "calls": [104, 104], "straggler_calls": [11, 93],
                          "arrival_late_ms_p50": [0.0, 1.47], "arrival_late_ms_p95": [0.7, 3.16],
                          "wait_ms_total": [82.4, 9.6]})
     steps = pl.DataFrame({"step": [f"step_{i}" for i in range(20)], "straggler_rank": [1] * 19 + [0]})
-    (late,) = F.skew_findings(skew, steps)
+    (late,) = C.skew_findings(skew, steps)
     assert late.text == ("Rank 1 arrives last at 93 of 104 NCCL calls, a median 1.47 ms (p95 3.16 ms) after the first "
                          "rank; the other rank(s) wait 82.4 ms in total inside NCCL kernels for it. It is the straggler "
                          "of 19 of 20 steps.")
-    assert F.skew_findings(skew.head(1)) == []
+    assert C.skew_findings(skew.head(1)) == []
 
 
 def test_runs():

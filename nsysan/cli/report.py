@@ -173,9 +173,9 @@ def figure_for(kind: str, runs: Any, *, keys: tuple[str, ...] | None, select: An
         if result.frame.is_empty():
             return None, result
         if x is None:
-            from nsysan.report.build import _scaling_axis
+            from nsysan.report.sections import scaling_axis
 
-            x = _scaling_axis(result.frame) or "depth"
+            x = scaling_axis(result.frame) or "depth"
         return plots.scaling(result.frame, rate.frame if not rate.frame.is_empty() else None, x=x), result
     if kind == "compare":
         if baseline is None:

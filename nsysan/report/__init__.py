@@ -6,9 +6,12 @@
     write_report(page, "report.html")                                 # or render_html(page) -> str
 
 :mod:`~nsysan.report.data` runs every analysis once over reports opened once; :mod:`~nsysan.report.findings`
-turns frames into sentences (pure functions, tested on frames with known answers); :mod:`~nsysan.report.build`
-lays out the sections; :mod:`~nsysan.report.html` renders them with the package's jinja2 templates. The page
-needs no network: figures are embedded, the style sheet is inline, there is no script.
+and :mod:`~nsysan.report.findings_compare` turn frames into sentences (pure functions, tested on frames with
+known answers; :mod:`~nsysan.report.words` says the numbers); :mod:`~nsysan.report.sections` and
+:mod:`~nsysan.report.sections_compare` build one section per analysis (:mod:`~nsysan.report.tables`,
+:mod:`~nsysan.report.figures` draws the figures in worker processes); :mod:`~nsysan.report.build` assembles the
+page; :mod:`~nsysan.report.html` renders it with the package's jinja2 templates. The page needs no network:
+figures are embedded, the style sheet is inline, there is no script.
 """
 from __future__ import annotations
 

@@ -1,105 +1,33 @@
-"""Findings: plain sentences computed from the analysis frames, never written by hand.
+"""Findings about how the runs perform: plain sentences computed from the analysis frames, never written by hand.
 
 Every function takes the frames of :mod:`nsysan.api` (columns as docs/library.md lists them) and returns a list
 of :class:`~nsysan.report.model.Finding`, each pointing to the figure and table that hold its evidence (ids
 given by the caller). A function returns nothing when its frame holds nothing worth saying; it never raises
 on a missing optional column. ``keys`` are the grouping keys of the frame (the report's ``by``).
+
+Findings that set runs against each other (comparisons, NUMA placement, the ranks of a distributed run) are in
+:mod:`~nsysan.report.findings_compare`; the words both use (numbers, percentages, group names) in
+:mod:`~nsysan.report.words`.
 """
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Sequence
-from typing import Any
 
 import polars as pl
 
 from nsysan.report.model import Finding
-
-_MODEL = re.compile(r"^vit(\d+)x(\d+)x(\d+)$")
-_DIRECTION_WORDS = {"Host-to-Device": "H2D", "Device-to-Host": "D2H", "Device-to-Device": "D2D",
-                    "Peer-to-Peer": "P2P", "Host-to-Host": "H2H"}
-METRIC_WORDS = {"range_ms": "time", "gpu_proj_ms": "GPU time", "gpu_busy_ms": "GPU busy time",
-                "bandwidth_gbps": "bandwidth", "throughput_per_s": "throughput"}
-
-
-# -- words and numbers -----------------------------------------------------------------------------------------
-def num(value: float | None, digits: int = 3) -> str:
-    """A number with ``digits`` significant digits, thousands separated (no exponent)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a"
-    if value == 0:
-        return "0"
-    magnitude = abs(value)
-    decimals = max(0, digits - 1 - math.floor(math.log10(magnitude)))
-    return f"{value:,.{decimals}f}"
-
-
-def pct(value: float | None, signed: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return "n/a"
-    text = f"{value:+.0f}" if signed and abs(value) >= 10 else f"{value:+.1f}" if signed else (
-        f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}")
-    return text.replace("-", "−") + " %"
-
-
-def pct_range(lo: float, hi: float) -> str:
-    """``18–35 %``, or one value when the two round alike."""
-    a, b = pct(lo), pct(hi)
-    return a if a == b else f"{a.removesuffix(' %')}–{b}"
-
-
-def times(ratio: float) -> str:
-    return f"{ratio:.1f}×" if ratio < 10 else f"{ratio:.0f}×"
-
-
-def group_name(row: dict[str, Any], keys: Sequence[str]) -> str:
-    """How a group is named in a sentence: text values as they are, numbers as ``key=value``, nulls left out
-    (``vit32x6x512 · pageable``); ``report`` as the report's name."""
-    parts = []
-    for key in keys:
-        value = row.get(key)
-        if value is None or value == "":
-            continue
-        words = {"device_id": "GPU", "rank": "rank", "pid": "pid"}.get(key, key)
-        parts.append(str(value) if isinstance(value, str) else f"{words} {value}")
-    return " · ".join(parts) or "all runs"
-
-
-def listing(names: Sequence[str], limit: int = 4) -> str:
-    names = list(dict.fromkeys(names))
-    if len(names) <= limit:
-        return ", ".join(names[:-1]) + (" and " if len(names) > 1 else "") + names[-1] if names else ""
-    return ", ".join(names[:limit]) + f" and {len(names) - limit} more"
-
-
-def model_size(model: Any) -> float | None:
-    """A compute-size proxy of a ``vit{patch}x{depth}x{dim}`` model: depth × dim² / patch² (ViT FLOPs per
-    image at one resolution grow so); 0 for the no-op model; None for other names."""
-    m = _MODEL.match(str(model or ""))
-    if not m:
-        return None
-    patch, depth, dim = map(int, m.groups())
-    return 0.0 if patch == 0 else depth * dim * dim / (patch * patch)
-
-
-def order_groups(groups: pl.DataFrame, keys: Sequence[str]) -> tuple[pl.DataFrame, bool]:
-    """``groups`` by model size (smallest first) when every group's model is a ViT name, else as given;
-    the flag says whether the order is by size."""
-    if "model" not in keys or groups.is_empty():
-        return groups, False
-    sizes = [model_size(m) for m in groups["model"].to_list()]
-    if any(s is None for s in sizes):
-        return groups, False
-    return groups.with_columns(_size=pl.Series(sizes)).sort("_size", maintain_order=True).drop("_size"), True
-
-
-def _rows(frame: pl.DataFrame) -> list[dict[str, Any]]:
-    return list(frame.iter_rows(named=True))
-
-
-def _match(frame: pl.DataFrame, row: dict[str, Any], keys: Sequence[str]) -> pl.DataFrame:
-    return frame.filter(*[pl.col(k).eq_missing(row.get(k)) for k in keys]) if keys else frame
+from nsysan.report.words import (
+    DIRECTION_WORDS,
+    group_name,
+    listing,
+    matching,
+    num,
+    order_groups,
+    pct,
+    pct_range,
+    row_dicts,
+    times,
+)
 
 
 # -- stages -----------------------------------------------------------------------------------------------------
@@ -127,8 +55,8 @@ def stage_share_findings(latency: pl.DataFrame, keys: Sequence[str], *, batch: s
         return []
     groups, by_size = order_groups(shares.select(keys).unique(maintain_order=True), keys)
     per_group = []
-    for row in _rows(groups):
-        part = _match(shares, row, keys).sort("share_pct", descending=True)
+    for row in row_dicts(groups):
+        part = matching(shares, row, keys).sort("share_pct", descending=True)
         top = part.row(0, named=True)
         per_group.append((group_name(row, keys), top["range"], top["share_pct"]))
     out = []
@@ -187,8 +115,8 @@ def _growing_stage(shares: pl.DataFrame, groups: pl.DataFrame, keys: Sequence[st
     best = None
     for stage in stages:
         seq = []
-        for row in _rows(groups):
-            hit = _match(shares, row, keys).filter(pl.col("range") == stage)
+        for row in row_dicts(groups):
+            hit = matching(shares, row, keys).filter(pl.col("range") == stage)
             if hit.height:
                 seq.append((group_name(row, keys), float(hit["share_pct"][0])))
         if len(seq) < 3:
@@ -216,7 +144,7 @@ def gpu_idle_in_stage_findings(latency: pl.DataFrame, keys: Sequence[str], *, st
     if low.is_empty():
         return []
     lo, hi = low["busy_pct"].min(), low["busy_pct"].max()
-    names = [group_name(r, keys) for r in _rows(low)]
+    names = [group_name(r, keys) for r in row_dicts(low)]
     span = pct_range(lo, hi)
     return [Finding(f"In {stage}, the GPU is busy only {span} of the span from its first to its last kernel "
                     f"({listing(names)}): the GPU waits between kernels for the CPU to launch them.",
@@ -291,7 +219,7 @@ def pinned_vs_pageable_findings(bandwidth: pl.DataFrame, keys: Sequence[str], *,
         rate = dict(zip(rates["_host"].to_list(), rates["gbps"].to_list()))
         size = dict(zip(rates["_host"].to_list(), rates["mean_bytes"].to_list()))
         pinned, pageable = rate["Pinned"], rate["Pageable"]
-        short = _DIRECTION_WORDS[direction]
+        short = DIRECTION_WORDS[direction]
         kw = {"figure": figure, "table": table, "section": "bandwidth"}
         apart = max(size["Pinned"], size["Pageable"]) / max(min(size["Pinned"], size["Pageable"]), 1)
         if apart > 8:  # rates of copies this different in size say more about size than memory kind
@@ -331,9 +259,9 @@ def copy_flag_findings(bandwidth: pl.DataFrame, keys: Sequence[str], *, figure: 
         every = rows.select(keys).unique().height if keys else 1
         parts = []
         for direction, part in pageable.group_by("direction", maintain_order=True):
-            parts.append(f"{int(part['pageable_async_copies'].sum()):,} {_DIRECTION_WORDS.get(direction[0], direction[0])}")
+            parts.append(f"{int(part['pageable_async_copies'].sum()):,} {DIRECTION_WORDS.get(direction[0], direction[0])}")
         where = "every group" if groups == every and every > 1 else listing(
-            [group_name(r, keys) for r in _rows(pageable.select(keys).unique(maintain_order=True))])
+            [group_name(r, keys) for r in row_dicts(pageable.select(keys).unique(maintain_order=True))])
         out.append(Finding(f"{' and '.join(parts)} asynchronous copies use pageable host memory ({where}): the driver "
                            "stages them through a pinned buffer, so they block the CPU thread and run below full "
                            "speed. Pin those host buffers (pin_memory=True, non_blocking copies).", **kw))
@@ -342,7 +270,7 @@ def copy_flag_findings(bandwidth: pl.DataFrame, keys: Sequence[str], *, figure: 
             if "flags" in rows.columns else rows.filter(pl.col("tiny_copy_pct") >= 50)
         if tiny.height:
             worst = tiny.sort("tiny_copies", descending=True).row(0, named=True)
-            direction = _DIRECTION_WORDS.get(worst.get("direction"), worst.get("direction"))
+            direction = DIRECTION_WORDS.get(worst.get("direction"), worst.get("direction"))
             stage = f" in {worst['stage']}" if worst.get("stage") else " outside any NVTX range" if "stage" in worst else ""
             out.append(Finding(f"Tiny copies dominate {tiny.height} copy group(s): e.g. {group_name(worst, keys)}{stage}, "
                                f"{pct(worst['tiny_copy_pct'])} of its {int(worst['copies']):,} {direction} copies are under "
@@ -365,7 +293,7 @@ def utilization_findings(utilization: pl.DataFrame, keys: Sequence[str], *, figu
     window = utilization["window"][0]
     bound = utilization.filter(pl.col("launch_bound"))
     if bound.height:
-        names = [group_name(r, unit_keys) for r in _rows(bound)]
+        names = [group_name(r, unit_keys) for r in row_dicts(bound)]
         out.append(Finding(
             f"Launch-bound over {window} in {listing(names)}: the GPU is idle {_span(bound['idle_pct'])} of the "
             f"window and {_span(bound['launch_gap_idle_pct'])} of that idle time lies in gaps under 100 µs, the CPU "
@@ -407,88 +335,6 @@ def _short(name: str, width: int = 60) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-# -- comparisons ------------------------------------------------------------------------------------------------
-_CALLED = ("slower", "faster")
-
-
-def comparison_findings(comparison: pl.DataFrame, keys: Sequence[str], *, batch: str | None = None,
-                        figure: str | None = None, table: str | None = None, limit: int = 3) -> list[Finding]:
-    """Per compared group: the changes the verdicts call (largest first, at most ``limit``), each with its CI,
-    and what happened to the whole batch (``batch`` range time and throughput), called or not."""
-    needed = {"stage", "metric", "statistic", "change_pct", "ci_low_pct", "ci_high_pct", "verdict", "baseline"}
-    if comparison.is_empty() or not needed <= set(comparison.columns):
-        return []
-    rows = comparison.filter(pl.col("statistic") == "mean", ~pl.col("verdict").is_in(["baseline", "no baseline"]),
-                             pl.col("change_pct").is_not_null())
-    out = []
-    for group in _rows(rows.select(keys).unique(maintain_order=True)):
-        part = _match(rows, group, keys)
-        base = part["baseline"][0]
-        called = part.filter(pl.col("verdict").is_in(_CALLED), pl.col("stage") != batch).sort(
-            pl.col("change_pct").abs(), descending=True).head(limit)
-        phrases = [f"{_what(r)} {_change(r)} ({r['verdict']})" for r in _rows(called)]
-        whole = part.filter(pl.col("stage") == batch, pl.col("metric").is_in(["range_ms", "throughput_per_s"])) \
-            if batch else part.head(0)
-        batch_words = [f"{_what({**r, 'batch': True})} {_change(r)}: {r['verdict']}" for r in _rows(whole)]
-        if not phrases and not batch_words:
-            continue
-        text = f"{group_name(group, keys)} against {base}: "
-        text += "; ".join(phrases) if phrases else "no stage changes beyond the minimum effect"
-        if batch_words:
-            text += ". Whole batch: " + "; ".join(batch_words)
-        level = "warn" if any(_worse(r) for r in _rows(called)) else "good" if phrases else "info"
-        out.append(Finding(text + ".", figure=figure, table=table, level=level, section="compare"))
-    return out
-
-
-def _what(row: dict[str, Any]) -> str:
-    words = METRIC_WORDS.get(row["metric"], row["metric"])
-    direction = f" {_DIRECTION_WORDS.get(row.get('direction'), row.get('direction'))}" if row.get("direction") else ""
-    stage = "batch" if row.get("batch") else row["stage"]
-    if row["metric"] == "range_ms":
-        words = "time" if row.get("batch") else "CPU time"
-    return f"{stage}{direction} {words}" if row["metric"] != "throughput_per_s" else "throughput"
-
-
-def _change(row: dict[str, Any]) -> str:
-    return f"{pct(row['change_pct'], signed=True)} (CI {pct(row['ci_low_pct'], True)} … {pct(row['ci_high_pct'], True)})"
-
-
-def _worse(row: dict[str, Any]) -> bool:
-    return row["verdict"] == "slower"
-
-
-# -- NUMA -------------------------------------------------------------------------------------------------------
-def numa_findings(penalty: pl.DataFrame, notes: Sequence[str] = (), *, figure: str | None = None,
-                  table: str | None = None) -> list[Finding]:
-    """The NUMA penalty: the most NUMA-sensitive pair group and its largest called penalty with its CI, and
-    how sensitivity ranks the models; without a penalty frame, why not (the analysis's own sentence)."""
-    kw = {"figure": figure, "table": table, "section": "numa"}
-    if penalty.is_empty() or "penalty_pct" not in penalty.columns:
-        reason = next((n for n in notes if n), "no pair of runs that differ only in their NUMA node")
-        return [Finding(f"Remote NUMA placement could not be tested: {reason}.".replace("..", "."), **kw)]
-    pair_keys = penalty.columns[: penalty.columns.index("local_numa")]
-    called = penalty.filter(pl.col("verdict").is_in(_CALLED), pl.col("statistic") == "mean")
-    out = []
-    if called.is_empty():
-        out.append(Finding("No NUMA penalty beyond the minimum effect: every remote-node change's CI includes "
-                           "changes too small to call.", level="good", **kw))
-    else:
-        worst = called.sort(pl.col("penalty_pct").abs(), descending=True).row(0, named=True)
-        out.append(Finding(
-            f"Remote NUMA node {worst['remote_numa']} costs {group_name(worst, pair_keys)} "
-            f"{pct(worst['penalty_pct'], True)} {_what({**worst, 'stage': worst['stage']})} against node "
-            f"{worst['local_numa']} (CI {pct(worst['ci_low_pct'], True)} … {pct(worst['ci_high_pct'], True)}).",
-            level="warn", **kw))
-    if "sensitivity_pct" in penalty.columns:
-        sens = penalty.select(*pair_keys, "sensitivity_pct").unique(maintain_order=True).drop_nulls("sensitivity_pct")
-        if sens.height > 1:
-            ranked = sens.sort("sensitivity_pct", descending=True)
-            out.append(Finding("NUMA sensitivity, most first: " + listing(
-                [f"{group_name(r, pair_keys)} ({pct(r['sensitivity_pct'])})" for r in _rows(ranked)], limit=6) + ".",
-                **kw))
-    return out
-
 
 # -- scaling ----------------------------------------------------------------------------------------------------
 def transfer_share_findings(shares: pl.DataFrame, keys: Sequence[str], *, figure: str | None = None,
@@ -502,7 +348,7 @@ def transfer_share_findings(shares: pl.DataFrame, keys: Sequence[str], *, figure
     if ordered.height < 2 or not by_size:
         return []
     values = ordered["transfer_share_pct"].to_list()
-    names = [group_name(r, keys) for r in _rows(ordered)]
+    names = [group_name(r, keys) for r in row_dicts(ordered)]
     kw = {"figure": figure, "table": table, "section": "throughput"}
     cross = next((i for i in range(1, len(values)) if values[i - 1] >= 50 > values[i]
                   and all(v < 50 for v in values[i:])), None)
@@ -518,51 +364,6 @@ def transfer_share_findings(shares: pl.DataFrame, keys: Sequence[str], *, figure
                         "time is h2d + d2h.", level="warn", **kw)]
     return [Finding("Transfers' share of GPU time per model: " + listing(
         [f"{n} {pct(v)}" for n, v in zip(names, values)], limit=6) + ".", **kw)]
-
-
-# -- distributed ------------------------------------------------------------------------------------------------
-def comm_findings(comm: pl.DataFrame, keys: Sequence[str] = (), *, figure: str | None = None,
-                  table: str | None = None) -> list[Finding]:
-    """Per rank (``all`` rows): how much of its NCCL kernel time no compute kernel overlaps (exposed)."""
-    if comm.is_empty() or not {"collective", "rank", "comm_ms", "exposed_pct"} <= set(comm.columns):
-        return []
-    rows = comm.filter(pl.col("collective") == "all").sort("rank")
-    if rows.is_empty():
-        return []
-    parts = [f"{pct(r['exposed_pct'])} of rank {r['rank']}'s {num(r['comm_ms'])} ms" for r in _rows(rows)]
-    high = rows["exposed_pct"].max() >= 50
-    text = ("Communication is mostly exposed" if high else "Communication is mostly hidden behind compute") + \
-        f": {listing(parts)} of NCCL kernel time run while no compute kernel does."
-    if rows.height > 1 and rows["comm_ms"].min() > 0:
-        hi, lo = rows.sort("comm_ms").row(-1, named=True), rows.sort("comm_ms").row(0, named=True)
-        if hi["comm_ms"] / lo["comm_ms"] >= 2:
-            text += (f" Rank {hi['rank']} spends {times(hi['comm_ms'] / lo['comm_ms'])} the NCCL time of rank "
-                     f"{lo['rank']}: time inside NCCL kernels includes waiting for the other ranks (see skew).")
-    return [Finding(text, figure=figure, table=table, level="warn" if high else "good", section="distributed")]
-
-
-def skew_findings(skew: pl.DataFrame, steps: pl.DataFrame | None = None, *, figure: str | None = None,
-                  table: str | None = None) -> list[Finding]:
-    """Which rank arrives last at the collectives (``all`` rows of :func:`nsysan.skew`), how late, and what it
-    costs the others in waiting; with the per-step frame, in how many steps it was the straggler."""
-    if skew.is_empty() or not {"collective", "rank", "straggler_calls", "calls"} <= set(skew.columns):
-        return []
-    rows = skew.filter(pl.col("collective") == "all").sort("straggler_calls", descending=True)
-    if rows.height < 2:
-        return []
-    last = rows.row(0, named=True)
-    others = rows.slice(1)
-    waited = others["wait_ms_total"].sum() if "wait_ms_total" in others.columns else None
-    text = (f"Rank {last['rank']} arrives last at {last['straggler_calls']} of {last['calls']} NCCL calls, a median "
-            f"{num(last['arrival_late_ms_p50'])} ms (p95 {num(last['arrival_late_ms_p95'])} ms) after the first rank")
-    if waited:
-        text += f"; the other rank(s) wait {num(waited)} ms in total inside NCCL kernels for it"
-    if steps is not None and not steps.is_empty() and "straggler_rank" in steps.columns:
-        lagging = int((steps["straggler_rank"] == last["rank"]).sum())
-        text += f". It is the straggler of {lagging} of {steps.height} steps"
-    share = last["straggler_calls"] / max(last["calls"], 1)
-    return [Finding(text + ".", figure=figure, table=table, level="warn" if share >= 0.75 else "info",
-                    section="distributed")]
 
 
 # -- what was run -----------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from nsysan.report.build import data_url
+from nsysan.report.figures import data_url
 from nsysan.report.model import Finding, Page
 
 

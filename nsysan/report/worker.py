@@ -1,6 +1,6 @@
 """A figure worker: ``python -m nsysan.report.worker`` reads jobs from stdin and writes results to stdout, each a
 pickle after its 8-byte length. A job is ``(kind, args, kwargs, fmt)`` for
-:func:`nsysan.report.build.render_figure`; the answer is its ``(status, value)``.
+:func:`nsysan.report.figures.render_figure`; the answer is its ``(status, value)``.
 
 A plain child process (not :mod:`multiprocessing`), so that it never re-imports the caller's main module (a script
 without a ``__main__`` guard, or ``python -m nsysan`` itself) and never inherits its threads.
@@ -34,7 +34,7 @@ def receive(stream: BinaryIO) -> Any:
 
 def main() -> None:
     import nsysan.plots  # noqa: F401 - import matplotlib before the first job arrives
-    from nsysan.report.build import render_figure
+    from nsysan.report.figures import render_figure
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing a figure prints may corrupt the answers
