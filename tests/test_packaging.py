@@ -51,7 +51,8 @@ def installed(wheel, tmp_path_factory) -> Path:
     return env
 
 
-def test_installed_nsysan_runs_a_cpu_study_outside_the_checkout(installed, nsys, tmp_path):
+def test_installed_nsysan_runs_a_cpu_study_outside_the_checkout(installed, nsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONPATH", raising=False)  # a PYTHONPATH naming the checkout would shadow the wheel
     where = subprocess.run([installed / "bin" / "python", "-c", "import nsysan; print(nsysan.__file__)"],
                            cwd=tmp_path, check=True, capture_output=True, text=True).stdout
     assert Path(where).is_relative_to(installed), where  # the wheel's nsysan, not the checkout's
