@@ -168,8 +168,11 @@ def _ranges(report: Report, start: int | None, end: int | None, nesting: pl.Data
             launching: pl.Series | None) -> pl.DataFrame:
     """NVTX ranges overlapping [start, end] (all for None), on the ``launching`` threads (None: all)."""
     if nesting is None:
-        return pl.DataFrame(schema={"lane": pl.String, "tid_global": pl.Int64, "start_ns": pl.Int64,
-                                    "end_ns": pl.Int64})
+        # No NVTX_EVENTS (nsys writes none when no range was captured): no range rows, but every column the
+        # frame selects, so that the GPU rows are still drawn.
+        return pl.DataFrame(schema={"name": pl.String, "start_ns": pl.Int64, "end_ns": pl.Int64,
+                                    "tid_global": pl.Int64, "lane": pl.String, "kind": pl.String,
+                                    "level": pl.Int64})
     ranges = report.frame(f"SELECT range_id, name, start_ns, end_ns, global_tid AS tid_global FROM nvtx_ranges "
                           f"{_overlapping(start, end)}")
     if launching is not None:
