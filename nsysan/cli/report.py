@@ -242,8 +242,8 @@ def plot(
     baseline: Baseline = None,
     window: Annotated[Optional[str], typer.Option(
         "--window", help="busy, gaps, kernels: capture, batches or an NVTX range name/glob (default batches). "
-        "timeline: capture, GLOB (all measured instances), GLOB:COUNT[:SKIP] or START_NS,END_NS (default: three "
-        "measured batches, else the whole capture).")] = None,
+        "timeline: capture, GLOB (all measured instances), GLOB:COUNT[:SKIP] (COUNT instances of each rank) or "
+        "START_NS,END_NS (default: three measured batches, else the whole capture).")] = None,
     metric: Annotated[str, typer.Option("--metric", help="numa: the metric of the heatmap (range_ms, gpu_proj_ms, "
                                         "gpu_busy_ms, bandwidth_gbps, throughput_per_s).")] = "range_ms",
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: depth, dim, patch, patches or resolution "
