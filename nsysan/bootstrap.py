@@ -24,7 +24,8 @@ Block = int | Literal["auto"]
 
 #: Resampled values held in memory at once (rows × sample size); larger problems are done in chunks.
 _CHUNK_ELEMENTS = 4_000_000
-_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+# Up to three digits: the range check below is the one rule for which percentiles exist (p0 to p100).
+_PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
 SLOWER, FASTER, NO_CHANGE = "slower", "faster", "no clear change"
 

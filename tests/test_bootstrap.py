@@ -258,9 +258,23 @@ def test_percentile_names_at_the_ends():
     assert reducer("p0")(x)[0] == 1.0 and reducer("p99.99")(x)[0] == pytest.approx(10.0, rel=1e-3)
     assert reducer("p50")(x)[0] == reducer("median")(x)[0] == 2.5
     assert reducer("p99.5")(x)[0] == pytest.approx(3 + 0.985 * 7)  # sorted 1 2 3 10: rank 2.985, between 3 and 10
-    for bad in ("p100.5", "p", "q50", "p-1", "p123"):
+    for bad in ("p100.5", "p", "q50", "p-1", "p123", "p1000"):
         with pytest.raises(ValueError):
             reducer(bad)
+
+
+def test_p100_is_the_maximum_end_to_end():
+    """p100 is inside the 0..100 range the reducer checks: it is the sample maximum, resampled like any pNN."""
+    x = np.array([[3.0, 1.0, 2.0, 10.0], [4.0, 4.0, 0.5, 7.0]])
+    assert reducer("p100")(x).tolist() == [10.0, 7.0] == x.max(axis=-1).tolist()
+    assert reducer("p100.0")(x).tolist() == [10.0, 7.0]
+    baseline, other = [1.0, 2.0, 4.0], [3.0, 6.0, 12.0, 9.0]
+    ci = ratio_ci(baseline, other, statistic="p100", resamples=500, seed=3)
+    assert ci.estimate == 12.0 / 4.0
+    # a resampled maximum is one of the values: the ratios lie between 3 / 4 and 12 / 1
+    assert 3 / 4 <= ci.ci_low <= 3.0 <= ci.ci_high <= 12.0
+    maxima = bootstrap_statistic(np.array(other), "p100", resamples=200, rng=np.random.default_rng(0))
+    assert set(maxima) <= set(other) and maxima.max() == 12.0
 
 
 @pytest.mark.parametrize("confidence", [0.0, 1.0, -0.5])
