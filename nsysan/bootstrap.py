@@ -24,7 +24,8 @@ Block = int | Literal["auto"]
 
 #: Resampled values held in memory at once (rows × sample size); larger problems are done in chunks.
 _CHUNK_ELEMENTS = 4_000_000
-_PERCENTILE = re.compile(r"^p(\d{1,2}(?:\.\d+)?)$")
+# Up to three digits: the range check below is the one rule for which percentiles exist (p0 to p100).
+_PERCENTILE = re.compile(r"^p(\d{1,3}(?:\.\d+)?)$")
 
 SLOWER, FASTER, NO_CHANGE = "slower", "faster", "no clear change"
 
@@ -116,7 +117,9 @@ def ratio_ci(baseline: Sequence[float] | np.ndarray, other: Sequence[float] | np
     The two samples are independent (e.g. instances of a stage in two runs); each is resampled on its own,
     with blocks of ``block`` consecutive values (see :func:`bootstrap_statistic`; 1 = independent values).
     Samples are 1-D arrays of values or 2-D ``(n, k)`` arrays of records (for ``weighted_mean``).
-    An empty sample, or a baseline statistic of 0, gives NaN throughout. ``seed`` is anything
+    An empty sample, or a baseline statistic of 0, gives NaN throughout; resamples whose baseline statistic
+    is 0 give infinite ratios, so a bound can be ``inf`` (an unbounded interval; :func:`verdict` calls no
+    change on it); 0 / 0 resamples are dropped. ``seed`` is anything
     ``numpy.random.default_rng`` accepts (an int, a sequence of ints, or a Generator).
     """
     if not 0 < confidence < 1:
@@ -142,8 +145,23 @@ def ratio_ci(baseline: Sequence[float] | np.ndarray, other: Sequence[float] | np
     if ratios.size == 0:
         return RatioCI(estimate, nan, nan, na, nb, confidence, resamples)
     tail = (1 - confidence) / 2
-    low, high = np.quantile(ratios, [tail, 1 - tail])
-    return RatioCI(estimate, float(low), float(high), na, nb, confidence, resamples)
+    low, high = (_quantile(ratios, q) for q in (tail, 1 - tail))
+    return RatioCI(estimate, low, high, na, nb, confidence, resamples)
+
+
+def _quantile(values: np.ndarray, q: float) -> float:
+    """numpy's linear quantile, but infinite where it lies between order statistics of which one is infinite.
+
+    A resample whose baseline statistic is 0 gives an infinite ratio; numpy interpolates inf - inf (or
+    inf x 0) to NaN, which would read as "no CI" where the truth is an interval without an upper bound."""
+    below, above = (float(np.quantile(values, q, method=m)) for m in ("lower", "higher"))
+    if below == above:
+        return below
+    if below == -math.inf and above == math.inf:
+        return math.nan
+    if below == -math.inf or above == math.inf:
+        return below if below == -math.inf else above
+    return float(np.quantile(values, q))
 
 
 def _sample(values: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -161,11 +179,13 @@ def verdict(ci_low: float | None, ci_high: float | None, *, min_effect: float = 
     asks for a change of at least 5 %): above ``1 + min_effect`` or below ``1 / (1 + min_effect)`` (the
     same distance on a log scale, so a time ratio and the matching rate ratio get the same verdict).
     For times a ratio above 1 is slower; pass ``higher_is_better=True`` for bandwidth and throughput.
-    A missing or NaN bound gives ``no clear change``.
+    A missing, NaN or infinite bound gives ``no clear change``.
     """
     if min_effect < 0:
         raise ValueError(f"min_effect must be >= 0, not {min_effect}")
-    if ci_low is None or ci_high is None or math.isnan(ci_low) or math.isnan(ci_high):
+    # An infinite bound comes from resamples whose baseline statistic is 0: the ratio has no scale there, so
+    # the interval bounds no change, even when its other end lies beyond 1.
+    if ci_low is None or ci_high is None or not (math.isfinite(ci_low) and math.isfinite(ci_high)):
         return NO_CHANGE
     if ci_low > 1 + min_effect:
         return FASTER if higher_is_better else SLOWER

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 import nsysan
 from builders import MAIN_TID, ExportBuilder
 from support import nsys_stats
-from nsysan.analyses.bandwidth import bandwidth_summary, copy_size_histogram, copy_trace
+from nsysan.analyses.bandwidth import bandwidth_summary, copy_size_histogram, copy_trace, size_bucket
 from nsysan.cli import app
+from nsysan.quality import MAX_BYTES
 from nsysan.selection import Selection
 
 FIXTURES = Path(__file__).parent / "fixtures" / "h100"
@@ -185,6 +186,25 @@ def test_size_histogram_uses_power_of_two_buckets(tmp_path):
     assert got == {(0, 1): (1, 0), (1, 2): (1, 1), (2, 4): (2, 5), (4, 8): (1, 4), (512, 1024): (1, 1023),
                    (1024, 2048): (2, 2049), (65536, 131072): (1, 65536)}
     assert hist.filter(pl.col("size_from_bytes") == 1024)["size_bucket"].item() == "[1 KiB, 2 KiB)"
+
+
+def test_size_bucket_is_exact_up_to_the_largest_int64():
+    """The lower end of the bucket is 2 ** (bit length - 1), worked out with Python's unbounded ints."""
+    sizes = [0, 1, 2, 3, *(v for k in (10, 30, 50, 53, 54, 61, 62) for v in (2 ** k - 1, 2 ** k, 2 ** k + 1)),
+             MAX_BYTES - 1, MAX_BYTES, 2 ** 63 - 1]
+    got = pl.DataFrame({"b": sizes}, schema={"b": pl.Int64}).select(size_bucket(pl.col("b")).alias("lower"))["lower"].to_list()
+    assert got == [0 if n == 0 else 1 << (n.bit_length() - 1) for n in sizes]
+    assert got[-1] == 2 ** 62 and got[sizes.index(2 ** 62 - 1)] == 2 ** 61
+
+
+def test_size_histogram_of_the_largest_buckets():
+    copies = pl.DataFrame({"report": ["r"] * 5, "direction": ["Host-to-Device"] * 5, "src_kind": ["Pinned"] * 5,
+                           "dst_kind": ["Device"] * 5, "bytes": [2 ** 62 - 1, 2 ** 62, 2 ** 63 - 1, MAX_BYTES, 1],
+                           "duration_ns": [1] * 5}, schema_overrides={"bytes": pl.Int64, "duration_ns": pl.Int64})
+    hist = copy_size_histogram(copies, by=("report",))
+    assert hist.select("size_from_bytes", "size_to_bytes", "size_bucket", "copies").rows() == [
+        (1, 2, "[1 B, 2 B)", 1), (2 ** 50, 2 ** 51, f"[{2 ** 20} GiB, {2 ** 21} GiB)", 1),
+        (2 ** 61, 2 ** 62, f"[{2 ** 31} GiB, {2 ** 32} GiB)", 1), (2 ** 62, None, f"[{2 ** 32} GiB, {2 ** 33} GiB)", 2)]  # 2 ** 62 and 2 ** 63 - 1
 
 
 def test_grouping_pools_reports(tmp_path):

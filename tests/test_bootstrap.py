@@ -258,9 +258,23 @@ def test_percentile_names_at_the_ends():
     assert reducer("p0")(x)[0] == 1.0 and reducer("p99.99")(x)[0] == pytest.approx(10.0, rel=1e-3)
     assert reducer("p50")(x)[0] == reducer("median")(x)[0] == 2.5
     assert reducer("p99.5")(x)[0] == pytest.approx(3 + 0.985 * 7)  # sorted 1 2 3 10: rank 2.985, between 3 and 10
-    for bad in ("p100.5", "p", "q50", "p-1", "p123"):
+    for bad in ("p100.5", "p", "q50", "p-1", "p123", "p1000"):
         with pytest.raises(ValueError):
             reducer(bad)
+
+
+def test_p100_is_the_maximum_end_to_end():
+    """p100 is inside the 0..100 range the reducer checks: it is the sample maximum, resampled like any pNN."""
+    x = np.array([[3.0, 1.0, 2.0, 10.0], [4.0, 4.0, 0.5, 7.0]])
+    assert reducer("p100")(x).tolist() == [10.0, 7.0] == x.max(axis=-1).tolist()
+    assert reducer("p100.0")(x).tolist() == [10.0, 7.0]
+    baseline, other = [1.0, 2.0, 4.0], [3.0, 6.0, 12.0, 9.0]
+    ci = ratio_ci(baseline, other, statistic="p100", resamples=500, seed=3)
+    assert ci.estimate == 12.0 / 4.0
+    # a resampled maximum is one of the values: the ratios lie between 3 / 4 and 12 / 1
+    assert 3 / 4 <= ci.ci_low <= 3.0 <= ci.ci_high <= 12.0
+    maxima = bootstrap_statistic(np.array(other), "p100", resamples=200, rng=np.random.default_rng(0))
+    assert set(maxima) <= set(other) and maxima.max() == 12.0
 
 
 @pytest.mark.parametrize("confidence", [0.0, 1.0, -0.5])
@@ -278,7 +292,6 @@ def test_resamples_must_be_positive_and_one_is_enough():
         ratio_ci(np.zeros((2, 2, 2)), [1.0])
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract:RuntimeWarning")  # inf - inf in the tail
 def test_resampled_ratios_of_zero_over_zero_are_dropped_not_propagated():
     """A baseline that is mostly 0: some resamples of both samples are all zeros (0 / 0 = NaN). Those ratios
     are dropped, so the lower bound is that of the other ratios (0: resamples of the other sample that are all
@@ -289,7 +302,27 @@ def test_resampled_ratios_of_zero_over_zero_are_dropped_not_propagated():
     ci = ratio_ci(a, b, resamples=3000, seed=2)
     assert ci.estimate == 2.0
     assert ci.ci_low == 0.0
-    assert not math.isfinite(ci.ci_high) and verdict(ci.ci_low, ci.ci_high) == "no clear change"
+    assert ci.ci_high == math.inf and verdict(ci.ci_low, ci.ci_high) == "no clear change"
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no inf - inf left to numpy's interpolation
+def test_a_zero_baseline_resample_makes_the_upper_bound_infinite_and_calls_no_change():
+    """Baseline 0 x 7 and one 1, other always 2: a resampled baseline mean is k / 8 with k ~ Binomial(8, 1/8),
+    so the ratio is 16 / k. P(k = 0) = (7/8)^8 = 0.34 > 2.5 %: the upper bound is inf, not NaN.
+    P(k >= 4) = 0.011 < 2.5 % < P(k >= 3) = 0.056: the lower bound is 16 / 3. The interval lies above 1 but
+    has no upper end, and the verdict does not call it."""
+    tail = sum(math.comb(8, k) * (1 / 8) ** k * (7 / 8) ** (8 - k) for k in range(4, 9))
+    assert tail < 0.025 < tail + math.comb(8, 3) * (1 / 8) ** 3 * (7 / 8) ** 5 and (7 / 8) ** 8 > 0.025
+    ci = ratio_ci([0.0] * 7 + [1.0], [2.0] * 4, resamples=2000, seed=0)
+    assert ci.estimate == 16.0
+    assert ci.ci_low == pytest.approx(16 / 3, rel=1e-12) and ci.ci_high == math.inf
+    assert verdict(ci.ci_low, ci.ci_high) == "no clear change"
+    assert verdict(ci.ci_low, ci.ci_high, higher_is_better=True) == "no clear change"
+    assert verdict(5.0, math.inf) == verdict(-math.inf, 0.5) == "no clear change"
+    # the other way round (the other sample mostly 0) the ratio is bounded: 0 / 1 = 0 is a finite lower bound
+    flipped = ratio_ci([2.0] * 4, [0.0] * 7 + [1.0], resamples=2000, seed=0)
+    assert flipped.ci_low == 0.0 and flipped.ci_high == pytest.approx(3 / 16, rel=1e-12)
+    assert verdict(flipped.ci_low, flipped.ci_high) == "faster"
 
 
 @pytest.mark.parametrize(("low", "high", "min_effect", "expected"), [

@@ -68,7 +68,7 @@ def test_errors_are_one_line(pair, tmp_path):
 
 
 def test_timeline_window_syntax():
-    assert timeline_window(None, ("batch_*", "step_*")) == [("batch_*", 3), ("step_*", 3)]
+    assert timeline_window(None, ("batch_*", "step_*")) == [("batch_*", 3), ("step_*", 3), "capture"]
     assert timeline_window("capture", ()) == ["capture"]
     assert timeline_window("forward", ()) == ["forward"]
     assert timeline_window("batch_*:5", ()) == [("batch_*", 5)]
@@ -81,3 +81,20 @@ def test_help_lists_every_kind():
     assert result.exit_code == 0
     for kind in KINDS:
         assert f"{kind}:" in result.output
+
+
+def test_timeline_of_an_export_without_nvtx_is_its_capture(tmp_path):
+    """No NVTX_EVENTS (a CUDA-only capture): the default window has no batch to find, so the capture is drawn."""
+    from builders import MAIN_TID, ExportBuilder
+
+    b = ExportBuilder()
+    b.launch(MAIN_TID, 10, 20, 30, 50, name="gemm")
+    b.launch(MAIN_TID, 60, 70, 100, 140, name="relu")
+    path = b.write(tmp_path / "cuda_only.sqlite")
+    for extra in ([], ["--window", "capture"]):
+        out = tmp_path / f"t{len(extra)}.png"
+        result = plot("timeline", str(path), "-o", str(out), *extra)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes().startswith(MAGIC[".png"])
+    result = plot("timeline", str(path), "-o", str(tmp_path / "x.png"), "--window", "step_*:2")
+    assert result.exit_code == 1 and "no NVTX ranges" in result.stderr and "Traceback" not in result.output

@@ -96,3 +96,48 @@ def test_timeline_of_two_ranks_names_each_ranks_lanes():
     assert {lane.split(" · ")[0] for lane in threads} == {"rank 0", "rank 1"}
     assert {lane for lane in lanes if lane.startswith("GPU")} == {"GPU 0 · stream 7", "GPU 0 · stream 17",
                                                                     "GPU 1 · stream 7", "GPU 1 · stream 17"}
+
+
+def _steps_per_process() -> dict[int, list[tuple[str, int, int]]]:
+    """The step_* ranges of each process straight from NVTX_EVENTS, in time order: {pid: [(name, start, end)]}."""
+    import sqlite3
+
+    with sqlite3.connect(DDP) as con:
+        rows = con.execute(
+            "SELECT coalesce(e.text, s.value), e.start, e.\"end\", e.globalTid FROM NVTX_EVENTS AS e "
+            "LEFT JOIN StringIds AS s ON s.id = e.textId WHERE e.eventType IN (59, 60) ORDER BY e.start").fetchall()
+    steps: dict[int, list[tuple[str, int, int]]] = {}
+    for name, start, end, tid in rows:
+        if name.startswith("step_"):
+            steps.setdefault((tid >> 24) & 0xFFFFFF, []).append((name, start, end))
+    return steps
+
+
+@pytest.mark.parametrize(("count", "skip"), [(3, 0), (2, 18)])
+def test_timeline_count_is_per_rank(count, skip):
+    """step_*:COUNT takes COUNT steps of each rank, the k-th of each; the window spans all of them."""
+    import sqlite3
+
+    steps = _steps_per_process()
+    assert {pid: len(s) for pid, s in steps.items()} == {648: 20, 649: 20}
+    chosen = {pid: s[skip:skip + count] for pid, s in steps.items()}
+    start = min(r[1] for s in chosen.values() for r in s)
+    cpu_end = max(r[2] for s in chosen.values() for r in s)
+    # the GPU work launched inside the chosen steps, matched by correlationId within the process
+    inside = " OR ".join(f"(r.globalTid >> 24 & 16777215 = {pid} AND r.start >= {a} AND r.\"end\" <= {b})"
+                         for pid, s in chosen.items() for _, a, b in s)
+    with sqlite3.connect(DDP) as con:
+        gpu_end = max(con.execute(
+            f"SELECT max(o.\"end\") FROM CUPTI_ACTIVITY_KIND_RUNTIME AS r JOIN {table} AS o "
+            f"ON o.correlationId = r.correlationId AND o.globalPid >> 24 = r.globalTid >> 24 WHERE {inside}"
+        ).fetchone()[0] or 0 for table in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMCPY",
+                                           "CUPTI_ACTIVITY_KIND_MEMSET"))
+    frame = nsysan.timeline(DDP, window=("step_*", count, skip)).frame
+    names = chosen[648]
+    assert [s[0] for s in chosen[649]] == [s[0] for s in names]  # the k-th step of each rank is the same step
+    assert frame["window"][0] == f"{names[0][0]} … {names[-1][0]} ({count} of 20 measured step_* per rank)"
+    assert (frame["window_start_ns"][0], frame["window_end_ns"][0]) == (start, max(cpu_end, gpu_end))
+    drawn = frame.filter(lane="thread", level=0)
+    for pid, s in chosen.items():
+        ranks = drawn.filter(pid=pid).select(pl.col("name").cast(pl.String), "start_ns", "end_ns").rows()
+        assert set(s) <= set(ranks)

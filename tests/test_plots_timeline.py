@@ -149,3 +149,34 @@ def test_window_errors_and_time_unit(report):
     with pytest.raises(ValueError, match="must come after"):
         timeline_frame(report, window=(10, 5))
     assert time_unit(int(9e9)) == (1e6, "ms") and time_unit(int(20e9)) == (1e9, "s")
+
+
+def _cuda_only_export(path):
+    """Two kernels and a copy launched from one thread, no NVTX range: nsys then writes no NVTX_EVENTS table."""
+    from builders import MAIN_TID, ExportBuilder
+
+    b = ExportBuilder()
+    b.launch(MAIN_TID, 10, 20, 30, 50, name="gemm")
+    b.launch(MAIN_TID, 25, 28, 55, 90, kind="memcpy")
+    b.launch(MAIN_TID, 60, 70, 100, 140, name="relu")
+    return b.write(path)
+
+
+def test_export_without_nvtx_draws_its_gpu_rows(tmp_path):
+    path = _cuda_only_export(tmp_path / "cuda_only.sqlite")
+    with nsysan.open(path) as r:
+        assert not r.has("NVTX_EVENTS")
+        capture = timeline_frame(r, window="capture")
+        ns = timeline_frame(r, window=(0, 60))
+        with pytest.raises(MissingDataError, match="NVTX"):
+            timeline_frame(r, window=("batch_*", 3))
+    assert capture.filter(lane="thread").is_empty()
+    assert capture.select("kind", "name", "start_ns", "end_ns").with_columns(
+        pl.col("kind", "name").cast(pl.String)).rows() == [
+        ("kernel", "gemm", 30, 50), ("memcpy", "Host-to-Device", 55, 90), ("kernel", "relu", 100, 140)]
+    assert capture["tid"].to_list() == [101] * 3 and capture["pid"].to_list() == [100] * 3
+    assert (capture["window_start_ns"][0], capture["window_end_ns"][0]) == (30, 140)
+    assert ns.select("start_ns", "end_ns").rows() == [(30, 50), (55, 90)]  # ops running in [0, 60]
+    fig = plots.gpu_timeline(capture)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["GPU 0 · stream 7"]
+    assert len(_collections(fig, "bars|")["bars|GPU 0 · stream 7"].get_paths()) == 3

@@ -251,8 +251,26 @@ def test_a_report_without_nvtx_ranges_says_what_it_cannot_compute(tmp_path):
     stages = page.section("stages")
     assert stages.missing and "NVTX" in " ".join(stages.missing) and not stages.tables
     assert page.section("bandwidth").figures  # copies need no NVTX range
+    timeline = page.section("timeline")  # no batch to window: the whole capture, GPU rows only
+    assert not timeline.missing and [f.id for f in timeline.figures] == ["fig-timeline"]
+    assert timeline.figures[0].caption == "whole capture"
     check_references(page)
     check_self_contained(render_html(page))
+
+
+def test_cli_report_of_a_cuda_only_export_draws_its_timeline(tmp_path):
+    from builders import MAIN_TID, ExportBuilder
+
+    b = ExportBuilder()
+    b.launch(MAIN_TID, 10, 20, 30, 50, name="gemm")
+    b.launch(MAIN_TID, 60, 70, 100, 140, name="relu")
+    path = b.write(tmp_path / "cuda_only.sqlite")
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(app, ["report", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    html = out.read_text()
+    assert 'id="fig-timeline"' in html and "GPU timeline of cuda_only" in html
+    check_self_contained(html)
 
 
 def test_figures_drawn_in_this_process_equal_the_workers(tmp_path):

@@ -134,11 +134,14 @@ def bandwidth_summary(copies: pl.DataFrame, *, by: Sequence[str] = ("report",), 
 
 def size_bucket(nbytes: pl.Expr) -> pl.Expr:
     """Lower bound of the power-of-two bucket holding ``nbytes``: the largest 2**k <= nbytes (0 for 0 B)."""
-    k = nbytes.cast(pl.Float64).log(2).floor()
-    # Guard against floating-point error at exact powers of two.
-    lower = (pl.lit(2.0) ** k).cast(pl.Int64)
-    lower = pl.when(lower * 2 <= nbytes).then(lower * 2).when(lower > nbytes).then(lower // 2).otherwise(lower)
-    return pl.when(nbytes <= 0).then(0).otherwise(lower).cast(pl.Int64)
+    # Integer arithmetic throughout: log2 of a float rounds 2**k - 1 up to 2**k above 2**53, and doubling a
+    # guess overflows Int64 from 2**62 on. The bit length of n (64 - leading zeros) is exact up to 2**63 - 1.
+    exponent = 63 - nbytes.cast(pl.Int64).bitwise_leading_zeros().cast(pl.Int64)
+    return pl.when(nbytes <= 0).then(0).otherwise(pl.lit(2, pl.Int64).pow(exponent)).cast(pl.Int64)
+
+
+#: The bucket of the largest Int64 sizes, [2**62, 2**63).
+_TOP_BUCKET = 1 << 62
 
 
 def copy_size_histogram(copies: pl.DataFrame, *, by: Sequence[str] = ("report",), by_stage: bool = False,
@@ -146,7 +149,8 @@ def copy_size_histogram(copies: pl.DataFrame, *, by: Sequence[str] = ("report",)
     """Copy sizes in power-of-two buckets per (``by`` keys, [stage], direction, src_kind, dst_kind).
 
     A bucket holds the copies with ``size_from_bytes <= bytes < size_to_bytes``, where ``size_from_bytes``
-    is a power of two (the bucket for empty copies is [0, 1)). Columns: the keys, ``size_from_bytes``,
+    is a power of two (the bucket for empty copies is [0, 1); the last one, from 2**62, has a null
+    ``size_to_bytes``: 2**63 is past Int64). Columns: the keys, ``size_from_bytes``,
     ``size_to_bytes``, ``size_bucket`` (readable label), ``copies``, ``bytes_total``, ``time_total_ns``,
     ``bandwidth_gbps`` (bytes_total / time_total_ns)."""
     frame = pool_names(copies, select, "stage") if by_stage else copies
@@ -157,12 +161,15 @@ def copy_size_histogram(copies: pl.DataFrame, *, by: Sequence[str] = ("report",)
         pl.col("bytes").sum().cast(pl.Int64).alias("bytes_total"),
         pl.col("duration_ns").sum().cast(pl.Int64).alias("time_total_ns"),
     )
+    top = pl.col("size_from_bytes") == _TOP_BUCKET
     out = out.with_columns(
-        size_to_bytes=pl.when(pl.col("size_from_bytes") == 0).then(1).otherwise(pl.col("size_from_bytes") * 2),
+        # The last bucket's end, 2**63, is past Int64: null rather than a wrapped negative number.
+        size_to_bytes=pl.when(pl.col("size_from_bytes") == 0).then(1).when(~top).then(pl.col("size_from_bytes") * 2),
         bandwidth_gbps=pl.when(pl.col("time_total_ns") > 0).then(pl.col("bytes_total") / pl.col("time_total_ns")),
     )
     out = out.with_columns(size_bucket=pl.format("[{}, {})", _human_bytes(pl.col("size_from_bytes")),
-                                                 _human_bytes(pl.col("size_to_bytes"))))
+                                                 pl.when(top).then(pl.lit(f"{(1 << 63) >> 30} GiB"))
+                                                 .otherwise(_human_bytes(pl.col("size_to_bytes")))))
     return out.select(*group, "size_from_bytes", "size_to_bytes", "size_bucket", "copies", "bytes_total",
                       "time_total_ns", "bandwidth_gbps").sort([*group, "size_from_bytes"], nulls_last=True)
 

@@ -34,8 +34,8 @@ def timeline_frame(report: Report, *, window: Window = ("batch_*", 3), select: S
 
     ``window``: ``(start_ns, end_ns)``; ``(pattern, count)`` or ``(pattern, count, skip)``: ``count``
     consecutive measured instances of the range glob ``pattern`` (outermost, outside the selection's warm-up
-    ranges, as measured batches are chosen), after the first ``skip``, from the first one's start to
-    the end of the last one or of the GPU work they launched, whichever is later; any other string: every
+    ranges, as measured batches are chosen) of each process (rank), after its first ``skip``, from the earliest
+    start of the chosen instances to the latest end of them or of the GPU work they launched; any other string: every
     measured instance of that range glob, likewise; ``"capture"``: from the first to the last NVTX range or
     GPU op (what the timeline can show).
 
@@ -96,7 +96,11 @@ def _window(report: Report, window: Window, select: Selection,
         report.require("NVTX_EVENTS", purpose=f"the {pattern!r} window")
     chosen = measured_batches(_light_trace(report, nesting),
                               Selection(exclude_within=select.exclude_within, merge_numbered=False, batches=pattern))
-    picked = chosen.slice(skip, count)
+    # COUNT and SKIP are per process: in a multi-process capture (one rank per process) the instances of the
+    # ranks interleave in time, and a count over all of them would cover a few steps of one rank only.
+    chosen = chosen.sort("start_ns", "range_id").with_columns(_process=pl.col("global_tid") // (1 << 24))
+    nth = pl.int_range(pl.len()).over("_process")
+    picked = chosen.filter(nth >= skip, True if count is None else nth < skip + count)
     if picked.is_empty():
         raise MissingDataError(f"{report.path}: no measured instance of NVTX range {pattern!r}"
                                + (f" outside {', '.join(select.exclude_within)}" if select.exclude_within else "")
@@ -110,9 +114,20 @@ def _window(report: Report, window: Window, select: Selection,
         f"JOIN gpu_ops AS o ON o.correlation_id = r.correlationId AND o.global_pid = (r.globalTid & {_PID_MASK})"
     ).fetchone()[0]
     first, last = picked["range"][0], picked["range"][-1]
-    what = first if picked.height == 1 else f"{first} … {last}"
-    label = f"{what} ({picked.height:,} of {chosen.height:,} measured {pattern})"
+    what = first if first == last else f"{first} … {last}"
+    processes = chosen["_process"].n_unique()
+    if processes == 1:
+        label = f"{what} ({picked.height:,} of {chosen.height:,} measured {pattern})"
+    else:
+        label = (f"{what} ({_spread(picked['_process'].value_counts()['count'])} of "
+                 f"{_spread(chosen['_process'].value_counts()['count'])} measured {pattern} per rank)")
     return start, max(cpu_end, int(gpu_end or cpu_end)), label
+
+
+def _spread(counts: pl.Series) -> str:
+    """One count, or the range of counts when the ranks differ: ``20``, ``19–20``."""
+    low, high = int(counts.min()), int(counts.max())
+    return f"{low:,}" if low == high else f"{low:,}–{high:,}"
 
 
 def _light_trace(report: Report, nesting: pl.DataFrame) -> pl.DataFrame:
@@ -168,8 +183,11 @@ def _ranges(report: Report, start: int | None, end: int | None, nesting: pl.Data
             launching: pl.Series | None) -> pl.DataFrame:
     """NVTX ranges overlapping [start, end] (all for None), on the ``launching`` threads (None: all)."""
     if nesting is None:
-        return pl.DataFrame(schema={"lane": pl.String, "tid_global": pl.Int64, "start_ns": pl.Int64,
-                                    "end_ns": pl.Int64})
+        # No NVTX_EVENTS (nsys writes none when no range was captured): no range rows, but every column the
+        # frame selects, so that the GPU rows are still drawn.
+        return pl.DataFrame(schema={"name": pl.String, "start_ns": pl.Int64, "end_ns": pl.Int64,
+                                    "tid_global": pl.Int64, "lane": pl.String, "kind": pl.String,
+                                    "level": pl.Int64})
     ranges = report.frame(f"SELECT range_id, name, start_ns, end_ns, global_tid AS tid_global FROM nvtx_ranges "
                           f"{_overlapping(start, end)}")
     if launching is not None:

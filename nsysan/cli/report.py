@@ -125,9 +125,10 @@ FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
 def timeline_window(text: str | None, patterns: tuple[str, ...]) -> list[Any]:
     """``--window`` of the timeline as nsysan.timeline windows to try in turn: ``capture``; ``GLOB:COUNT[:SKIP]``;
     ``START_NS,END_NS``; a glob (all its measured instances); default three measured batches of the first batch
-    pattern the report has."""
+    pattern the report has, else (no such range, or no NVTX at all: a CUDA-only capture) the whole capture."""
     if not text:
-        return [(p, 3) for p in patterns]
+        # The capture is the last resort, as in nsysan report: an export without batch ranges still has GPU rows.
+        return [*((p, 3) for p in patterns), "capture"]
     if text == "capture":
         return ["capture"]
     if "," in text:
@@ -241,8 +242,8 @@ def plot(
     baseline: Baseline = None,
     window: Annotated[Optional[str], typer.Option(
         "--window", help="busy, gaps, kernels: capture, batches or an NVTX range name/glob (default batches). "
-        "timeline: capture, GLOB (all measured instances), GLOB:COUNT[:SKIP] or START_NS,END_NS (default: three "
-        "measured batches).")] = None,
+        "timeline: capture, GLOB (all measured instances), GLOB:COUNT[:SKIP] (COUNT instances of each rank) or "
+        "START_NS,END_NS (default: three measured batches, else the whole capture).")] = None,
     metric: Annotated[str, typer.Option("--metric", help="numa: the metric of the heatmap (range_ms, gpu_proj_ms, "
                                         "gpu_busy_ms, bandwidth_gbps, throughput_per_s).")] = "range_ms",
     x: Annotated[Optional[str], typer.Option("--x", help="scaling: depth, dim, patch, patches or resolution "

@@ -236,7 +236,7 @@ def _timeline(found: Analyses, reports: list, run: Callable[..., Outcome]) -> No
     chosen = info.sort("kernels", descending=True, maintain_order=True)["report"][0]
     found.timeline_report = chosen
     report = next(r for r in reports if found.collection.names.get(r.path) == chosen)
-    count = 2 * found.ranks if found.distributed else 3
+    count = 2 if found.distributed else 3  # the timeline's count is per rank
     window: Any = (found.batch_glob, count) if found.batch_glob else "capture"
     run("timeline", lambda: nsysan.timeline(report, window=window, select=found.select))
 
