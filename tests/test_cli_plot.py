@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import nsysan
 from nsysan.cli import app
-from nsysan.cli.report import KINDS, timeline_window
+from nsysan.cli.figures import KINDS, timeline_window
 
 DDP = Path(__file__).parent / "fixtures" / "h200x2" / "ddp_resnet18_2gpu.sqlite"
 MAGIC = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-", ".svg": b"<?xml"}

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from nsysan.cli.compare import _baseline
+from nsysan.cli.figures import FIGURE_SUFFIXES, KINDS, Request, figure_for
 from nsysan.cli.options import (
     Paths,
     Sample,
@@ -106,127 +107,6 @@ def report(
 
 
 # -- nsysan plot ---------------------------------------------------------------------------------------------------------
-KINDS = {
-    "stages": "stage breakdown per group (nsysan latency)",
-    "scaling": "latency, throughput and transfer share against model depth/width (--x)",
-    "compare": "forest plot of the changes against --baseline, with CIs (nsysan compare)",
-    "numa": "NUMA penalty heatmap (nsysan numa; --metric)",
-    "bandwidth": "copy bandwidth per direction and memory kind, with copy sizes",
-    "busy": "GPU busy and idle shares over --window (nsysan utilization)",
-    "gaps": "distribution of the GPU's idle gaps over --window",
-    "kernels": "top kernels over --window (nsysan utilization --top)",
-    "timeline": "GPU timeline of one report (--window, default three measured batches)",
-    "skew": "arrival skew per NCCL call and rank (distributed runs; nsysan skew)",
-    "comm": "NCCL communication overlapped and exposed per rank (distributed runs; nsysan comm)",
-}
-FIGURE_SUFFIXES = (".png", ".svg", ".pdf")
-
-
-def timeline_window(text: str | None, patterns: tuple[str, ...]) -> list[Any]:
-    """``--window`` of the timeline as nsysan.timeline windows to try in turn: ``capture``; ``GLOB:COUNT[:SKIP]``;
-    ``START_NS,END_NS``; a glob (all its measured instances); default three measured batches of the first batch
-    pattern the report has, else (no such range, or no NVTX at all: a CUDA-only capture) the whole capture."""
-    if not text:
-        # The capture is the last resort, as in nsysan report: an export without batch ranges still has GPU rows.
-        return [*((p, 3) for p in patterns), "capture"]
-    if text == "capture":
-        return ["capture"]
-    if "," in text:
-        lo, _, hi = text.partition(",")
-        try:
-            return [(int(lo), int(hi))]
-        except ValueError:
-            raise NsysanError(f"--window START_NS,END_NS takes whole nanoseconds, not {text!r}") from None
-    glob, *numbers = text.split(":")
-    try:
-        counts = [int(n) for n in numbers]
-    except ValueError:
-        raise NsysanError(f"--window takes capture, GLOB, GLOB:COUNT[:SKIP] or START_NS,END_NS, not {text!r}") from None
-    if len(counts) > 2 or any(n < 0 for n in counts) or (counts and counts[0] < 1):
-        raise NsysanError(f"--window takes GLOB:COUNT[:SKIP] with COUNT >= 1, not {text!r}")
-    return [(glob, *counts)] if counts else [glob]
-
-
-def figure_for(kind: str, runs: Any, *, keys: tuple[str, ...] | None, select: Any, stats: dict[str, Any],
-               baseline: dict[str, Any] | None, window: str | None, metric: str, x: str | None,
-               progress: Any = None) -> tuple[Any, Any]:
-    """(the matplotlib Figure, the Result it was drawn from) for one ``nsysan plot`` kind."""
-    import polars as pl
-
-    import nsysan
-    from nsysan import plots
-    from nsysan.engine import pooled
-
-    def by() -> tuple[str, ...]:
-        if keys:
-            return keys
-        from nsysan.report.data import auto_by
-
-        return auto_by(runs)
-
-    if kind == "stages":
-        result = nsysan.latency(runs, by=by(), select=select, progress=progress)
-        return (plots.stage_breakdown(result.frame, by=list(by())) if not result.frame.is_empty() else None), result
-    if kind == "scaling":
-        chosen = tuple(dict.fromkeys(["model", *by()]))
-        result = nsysan.latency(runs, by=chosen, select=select, progress=progress)
-        rate = nsysan.throughput(runs, by=chosen, select=select)
-        if result.frame.is_empty():
-            return None, result
-        if x is None:
-            from nsysan.report.sections import scaling_axis
-
-            x = scaling_axis(result.frame) or "depth"
-        return plots.scaling(result.frame, rate.frame if not rate.frame.is_empty() else None, x=x), result
-    if kind == "compare":
-        if baseline is None:
-            from nsysan.report.data import auto_baseline
-
-            baseline = auto_baseline(runs, by())
-        result = nsysan.compare(runs, by=by(), baseline=baseline, select=select, progress=progress, **stats)
-        return (plots.comparison_forest(result.frame) if not result.frame.is_empty() else None), result
-    if kind == "numa":
-        result = nsysan.numa(runs, select=select, progress=progress, **stats)
-        return plots.numa_penalty_heatmap(result, metric=metric), result
-    if kind == "bandwidth":
-        result = nsysan.bandwidth(runs, by=by(), select=select, progress=progress)
-        sizes = nsysan.copy_sizes(runs, by=by(), select=select)
-        return (plots.bandwidth_chart(result.frame, sizes.frame if not sizes.frame.is_empty() else None)
-                if not result.frame.is_empty() else None), result
-    if kind == "busy":
-        result = nsysan.utilization(runs, by=by(), window=window or "batches", select=select, progress=progress)
-        return (plots.busy_idle(result.frame) if not result.frame.is_empty() else None), result
-    if kind == "kernels":
-        result = nsysan.top_kernels(runs, by=by(), window=window or "batches", select=select, progress=progress)
-        return (plots.top_kernels_chart(result.frame) if not result.frame.is_empty() else None), result
-    if kind == "gaps":
-        from functools import partial
-
-        from nsysan.analyses.utilization import gpu_utilization
-
-        result = pooled(runs, partial(gpu_utilization, window=window or "batches", select=select), by=(),
-                        progress=progress)
-        return (plots.idle_gaps(result.frame, by=list(by())) if not result.frame.is_empty() else None), result
-    if kind == "timeline":
-        first = runs.paths[0]
-        result = None
-        for attempt in timeline_window(window, select.batches):
-            result = nsysan.timeline(first, window=attempt, select=select, progress=progress)
-            if not result.frame.is_empty():
-                break
-        return (plots.gpu_timeline(result.frame) if not result.frame.is_empty() else None), result
-    if kind == "skew":
-        result = nsysan.collective_calls(runs, select=select, progress=progress)
-        if result.frame.is_empty():
-            return None, result
-        first = result.frame["report"][0]
-        return plots.skew_chart(result.frame.filter(pl.col("report") == first)), result
-    if kind == "comm":
-        result = nsysan.comm(runs, select=select, progress=progress)
-        return (plots.comm_overlap_chart(result.frame) if not result.frame.is_empty() else None), result
-    raise NsysanError(f"unknown figure {kind!r}; choose from {', '.join(KINDS)}")
-
-
 @app.command()
 @execution_options
 @stats_options
@@ -274,9 +154,9 @@ def plot(
         runs = inputs_from(paths, sample, output)
         with progress_bar(len(runs)) as progress:
             try:
-                fig, result = figure_for(kind, runs, keys=keys_from(by, default=()) or None, select=select,
-                                         stats=stats, baseline=_baseline(baseline), window=window, metric=metric,
-                                         x=x, progress=progress)
+                request = Request(runs, keys=keys_from(by, default=()) or None, select=select, stats=stats,
+                                  baseline=_baseline(baseline), window=window, metric=metric, x=x, progress=progress)
+                fig, result = figure_for(kind, request)
             except ValueError as e:  # the figure cannot draw these rows
                 raise NsysanError(f"cannot draw {kind}: {e}") from None
         for note in result.notes:
