@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     path = path.resolve()
     args.nsysan_out.parent.mkdir(parents=True, exist_ok=True)
     nsys_csv = Path(f"{args.nsys_out}_nvtx_gpu_proj_sum.csv")
-    nsysan_cmd = [*measure.nsysan_command(args.nsysan), "latency", str(path), *shlex.split(args.nsysan_args),
-                  "--format", "csv", "-o", str(args.nsysan_out)]
+    nsysan_cmd = [*measure.nsysan_command(args.nsysan), "latency", str(path), *measure.AS_NSYS,
+                  *shlex.split(args.nsysan_args), "--format", "csv", "-o", str(args.nsysan_out)]
     nsys_cmd = [nsys, "stats", "-r", "nvtx_gpu_proj_sum", "--format", "csv", "--force-overwrite", "true",
                 "-o", str(args.nsys_out), str(path)]
     env = measure.nsysan_env(args.nsysan_env)

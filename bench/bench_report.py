@@ -19,7 +19,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,22 +26,18 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_latency import _busy_processes, run_measured  # noqa: E402
+import measure as M  # noqa: E402
 
 LARGE = HERE / "out" / "pipeline_gpu0_numa0_vit32x6x512_x460.sqlite"
 GOALS = {"report_samples": {"wall_s": 10.0}, "timeline_batches": {"wall_s": 10.0, "peak_tree_rss_mb": 1024.0},
          "timeline_capture": {"wall_s": 10.0, "peak_tree_rss_mb": 1024.0}}
 
 
-def _median(runs: list[dict]) -> dict:
-    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
-
-
 def measure(name: str, cmd: list[str], runs: int, out: Path) -> dict:
     log = out / f"{name}.log"
-    run_measured(cmd, 0.02, log)  # warm-up
-    timed = [run_measured(cmd, 0.02, log) for _ in range(runs)]
-    result = {"command": " ".join(cmd), "runs": timed, "median": _median(timed)}
+    M.run(cmd, log=log)  # warm-up
+    timed = [M.run(cmd, log=log) for _ in range(runs)]
+    result = {"command": " ".join(cmd), "runs": timed, "median": M.median(timed)}
     goal = GOALS.get(name, {})
     result["goal"] = goal
     result["meets_goal"] = all(result["median"][k] <= v for k, v in goal.items())
@@ -62,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(exist_ok=True)
     nsysan = [sys.executable, "-m", "nsysan"]
     results = {"started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "cpus": os.cpu_count(),
-               "load_before": os.getloadavg(), "busy_before": _busy_processes(os.getpid())}
+               "load_before": os.getloadavg(), "busy_before": M.busy_processes(os.getpid())}
     results["report_samples"] = measure("report_samples", [*nsysan, "report", "--sample", "-o",
                                                            str(out / "report_samples.html")], args.runs, out)
     if not args.skip_timeline:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = counts(path)
         n_rows = rc[make_scale_report.KERNEL] + rc[make_scale_report.NVTX]
         out_csv = work / f"latency_x{s:g}.csv"
-        cmd = [*nsysan, "latency", str(path), *extra, "--format", "csv", "-o", str(out_csv)]
+        cmd = [*nsysan, "latency", str(path), *measure.AS_NSYS, *extra, "--format", "csv", "-o", str(out_csv)]
         by_mode: dict[str, list[dict]] = {}
         for i in range(args.runs):
             if args.wait_quiet:

@@ -9,7 +9,8 @@ Per round (``--runs`` rounds, interleaved, medians reported), every command is a
 * reference loops, one ``nsys stats`` process per file, in turn (as ``for f in ...; do nsys stats ...``):
   ``nvtx_gpu_proj_sum`` (the issue's reference), ``cuda_gpu_kern_sum`` (for ``kernels``) and
   ``cuda_gpu_mem_time_sum,cuda_gpu_mem_size_sum`` (for ``bandwidth``), each ``--format csv``;
-* one nsysan command per analysis over the sweep folder, ``--by model --format csv -o``; plus
+* one nsysan command per analysis over the sweep folder, ``--by model --format csv -o`` (``latency``,
+  ``kernels`` and ``bandwidth`` with ``--all-instances --no-merge-numbered``, counting what nsys counts); plus
   ``latency_issue``, the issue's exact command (``--exclude-within 'warmup_*' --merge-numbered``).
   ``utilization``, ``throughput`` and ``latency_issue`` have no nsys equivalent and are held against the
   ``nvtx_gpu_proj_sum`` loop, the one the issue names.
@@ -54,9 +55,9 @@ REFERENCES = {
 }
 #: analysis -> (nsysan arguments before the paths, reference loop it is held against).
 ANALYSES = {
-    "latency": (["latency"], "proj"),
-    "kernels": (["kernels"], "kern"),
-    "bandwidth": (["bandwidth"], "mem"),
+    "latency": (["latency", *measure.AS_NSYS], "proj"),
+    "kernels": (["kernels", *measure.AS_NSYS], "kern"),
+    "bandwidth": (["bandwidth", *measure.AS_NSYS], "mem"),
     "utilization": (["utilization"], "proj"),
     "throughput": (["throughput"], "proj"),
     "latency_issue": (["latency", "--exclude-within", "warmup_*", "--merge-numbered"], "proj"),

@@ -54,6 +54,11 @@ RESCAN = 5
 NSYS_CANDIDATES = (Path.home() / ".cache/nsysan/nsys-trixie/target-linux-x64/nsys",)
 
 
+#: Selection that counts what nsys stats counts (every instance, names as recorded): nsysan's default leaves
+#: warm-up out and pools numbered names, so every command checked against nsys stats selects like it.
+AS_NSYS = ["--all-instances", "--no-merge-numbered"]
+
+
 # -- finding the tools ---------------------------------------------------------------------------------
 def nsysan_command(spec: str | None = None) -> list[str]:
     """The nsysan command line: ``spec`` (shell words, e.g. ``"python -m nsysan"``), else $NSYSAN_CMD,
