@@ -180,3 +180,16 @@ def test_export_without_nvtx_draws_its_gpu_rows(tmp_path):
     fig = plots.gpu_timeline(capture)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["GPU 0 · stream 7"]
     assert len(_collections(fig, "bars|")["bars|GPU 0 · stream 7"].get_paths()) == 3
+
+
+def test_rows_are_ordered_by_lane_and_time_and_ties_by_name():
+    """The order does not depend on the order DuckDB returned the rows in; names only break exact ties."""
+    from nsysan.analyses.timeline import _in_fixed_order
+
+    rows = {"lane": ["thread", "gpu", "gpu", "gpu"], "name": ["r", "z", "b", "a"], "start_ns": [0, 5, 1, 1],
+            "end_ns": [9, 6, 2, 2], "device_id": [None, 0, 0, 0], "stream_id": [None, 7, 7, 7],
+            "tid": [1, 1, 1, 1], "level": [0, None, None, None]}
+    frame = pl.DataFrame(rows).with_columns(pl.col("lane", "name").cast(pl.Categorical))
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]):
+        ordered = _in_fixed_order(frame[order])
+        assert ordered["name"].cast(pl.String).to_list() == ["a", "b", "z", "r"]

@@ -64,15 +64,28 @@ def timeline_frame(report: Report, *, window: Window = ("batch_*", 3), select: S
            (pl.col("tid_global") % (1 << 24)).alias("tid")]
     parts = [part.lazy().join(named.lazy(), on="tid_global", how="left").with_columns(*ids)
              for part in (ops, ranges)]
-    return (pl.concat(parts, how="diagonal_relaxed")
-            .select(*[pl.col(c).cast(t) for c, t in FRAME_SCHEMA.items()])
-            .with_columns(report=pl.lit(report.name).cast(pl.Categorical),
-                          window=pl.lit(label).cast(pl.Categorical), window_start_ns=pl.lit(start, pl.Int64),
-                          window_end_ns=pl.lit(end, pl.Int64))
-            # DuckDB returns unions in no fixed order: sort, so that the same window gives the same frame.
-            .sort(pl.col("lane").cast(pl.String), "start_ns", "end_ns", "device_id", "stream_id", "tid", "level",
-                  pl.col("name").cast(pl.String), nulls_last=True)
-            .collect())
+    frame = (pl.concat(parts, how="diagonal_relaxed")
+             .select(*[pl.col(c).cast(t) for c, t in FRAME_SCHEMA.items()])
+             .with_columns(report=pl.lit(report.name).cast(pl.Categorical),
+                           window=pl.lit(label).cast(pl.Categorical), window_start_ns=pl.lit(start, pl.Int64),
+                           window_end_ns=pl.lit(end, pl.Int64))
+             .collect())
+    return _in_fixed_order(frame)
+
+
+#: The order of the frame's rows; names break the (rare) ties of the numeric keys.
+_ORDER = (pl.col("lane") == "thread", "start_ns", "end_ns", "device_id", "stream_id", "tid", "level")
+
+
+def _in_fixed_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """DuckDB returns unions in no fixed order: sorted, the same window gives the same frame. A sort keyed on
+    the names too would encode a million strings (a quarter of the capture window's peak memory), so rows are
+    sorted by the numeric keys, and only rows that tie on all of them are ordered by name."""
+    frame = frame.sort(*_ORDER, nulls_last=True)
+    tied = pl.struct(*_ORDER).is_duplicated()
+    if not frame.select(tied.any()).item():
+        return frame
+    return frame.sort(*_ORDER, pl.col("name").cast(pl.String), nulls_last=True)
 
 
 def _window(report: Report, window: Window, select: Selection,
