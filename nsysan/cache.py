@@ -199,7 +199,7 @@ def store(key: str, frame: pl.DataFrame, notes: list[str]) -> None:
             os.replace(temp, where)
         finally:
             Path(temp).unlink(missing_ok=True)
-    except OSError:
+    except (OSError, pl.exceptions.PolarsError):  # polars reports a full disk as a ComputeError
         pass
 
 

@@ -174,12 +174,16 @@ def _each(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progress:
     for path in here:
         outcomes[path] = _work(path, per_report, found.opened[path])
         _tick(progress, path)
-    for i, outcome in parallel.run_each(functools.partial(_work, per_report=per_report), elsewhere):
+    # Dask workers resolve relative paths against their own working folder: they get absolute ones.
+    sent = [p.absolute() for p in elsewhere] if parallel.configured_scheduler() else elsewhere
+    for i, outcome in parallel.run_each(functools.partial(_work, per_report=per_report), sent):
         outcomes[elsewhere[i]] = outcome
         _tick(progress, elsewhere[i])
     for path, key in keys.items():
         frame, raised = outcomes[path]
-        if isinstance(frame, pl.DataFrame):
+        # A report the caller holds open carries the notes of every analysis run on it so far: stored, they
+        # would come back with analyses that never read what they are about.
+        if isinstance(frame, pl.DataFrame) and path not in found.opened:
             cache.store(key, frame, raised)
     if keys:
         cache.prune()
@@ -229,6 +233,9 @@ def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], p
         except NsysanError as e:
             return Failure(path, str(e))
         except _damage_errors() as e:
+            if type(e).__name__ == "OutOfMemoryException":  # duckdb's: the machine, not the export
+                return Failure(path, f"{path}: out of memory while reading the export ({brief(e)}); "
+                                     "try fewer --jobs or a machine with more memory")
             why = reason(e, path) if isinstance(e, OSError) else brief(e)
             return Failure(path, f"{path}: cannot read the export ({why}); it may be damaged: export it again")
         finally:

@@ -144,6 +144,15 @@ def map_on_dask(work: Callable[[T], R], tasks: Iterable[T], address: str) -> Ite
         from distributed import Client, as_completed
     except ImportError:
         raise NsysanError("--scheduler needs Dask distributed: pip install 'nsysan[dask]'") from None
+    from distributed import KilledWorker
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.core import CommClosedError
+    from distributed.comm.registry import get_backend
+
+    try:  # before any Client exists: a half-made one hangs for 20 s on its way out
+        get_backend(parse_address(address)[0])
+    except ValueError as e:  # e.g. the dashboard's http:// URL
+        raise NsysanError(f"not a Dask scheduler address: {address} ({e}); give tcp://HOST:PORT") from None
     try:
         client = Client(address, timeout="10s", set_as_default=False)
     except (OSError, TimeoutError) as e:
@@ -153,7 +162,13 @@ def map_on_dask(work: Callable[[T], R], tasks: Iterable[T], address: str) -> Ite
         index = {future.key: i for i, future in enumerate(futures)}
         try:
             for future in as_completed(futures):
-                yield index[future.key], future.result()
+                try:
+                    result = future.result()
+                except (KilledWorker, CommClosedError) as e:  # the cluster's trouble, not the task's
+                    raise NsysanError(f"a Dask worker died or the scheduler went away while running "
+                                      f"{tasks[index[future.key]]} ({type(e).__name__}); killed for memory?"
+                                      ) from None
+                yield index[future.key], result
         finally:
             unfinished = [future for future in futures if not future.done()]
             if unfinished:

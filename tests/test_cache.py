@@ -253,3 +253,25 @@ def test_no_cache_on_the_command_line_neither_reads_nor_writes(corpus, cache_dir
     assert not list(cache_dir.rglob("*.parquet"))
     cached = CliRunner().invoke(app, ["latency", "-f", "csv", str(corpus[0])])
     assert cached.stdout == ran.stdout and len(list(cache_dir.rglob("*.parquet"))) == 1
+
+
+def test_a_full_disk_while_writing_an_entry_is_not_an_error(cache_dir, monkeypatch):
+    def full(self, *args, **kwargs):
+        raise pl.exceptions.ComputeError("No space left on device (os error 28)")  # what polars raises there
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    cache.store("ab" + "4" * 62, pl.DataFrame({"x": [1]}), [])
+    assert cache.lookup("ab" + "4" * 62) is None and not list(cache_dir.rglob("*.tmp"))
+
+
+def test_reports_held_open_are_not_stored(cache_dir):
+    """An open report carries the notes of every analysis run on it so far: stored, they would come back with
+    analyses (read by path later) that never read what they are about."""
+    import nsysan
+
+    path = nsysan.sample_paths()[0]
+    with nsysan.open(path) as report:
+        assert nsysan.latency(report).ok
+    assert not list(cache_dir.rglob("*.parquet"))
+    assert nsysan.latency(path).ok
+    assert len(list(cache_dir.rglob("*.parquet"))) == 1

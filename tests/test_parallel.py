@@ -89,6 +89,10 @@ def test_bad_settings_are_one_line_errors(where):
         nsysan.latency(nsysan.sample_paths()[:2])
     ran = CliRunner().invoke(app, ["latency", "--sample", "--jobs", "0.5"])
     assert ran.exit_code == 1 and ran.stderr.strip() == "nsysan: jobs must be a positive number or auto, not '0.5'"
+    # The dashboard's URL instead of the scheduler's: one line, and no Client left to hang on its way out.
+    ran = CliRunner().invoke(app, ["latency", "--sample", "--scheduler", "http://127.0.0.1:8787"])
+    assert ran.exit_code == 1 and ran.stderr.startswith("nsysan: not a Dask scheduler address: http://127.0.0.1:8787")
+    assert len(ran.stderr.strip().splitlines()) == 1
 
 
 def test_workers_do_not_run_the_callers_script_again(tmp_path):
