@@ -21,6 +21,7 @@ The input collection is never changed: failures and notes travel in the :class:`
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -219,17 +220,12 @@ def _analyse(path: Path, report: Report | None, per_report: Callable[[Report], p
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", NsysanWarning)
         try:
-            if report is not None:
+            # A report the caller holds open stays open; one opened here is closed here.
+            with contextlib.nullcontext(report) if report is not None else Report(path) as here:
                 try:
-                    frame = _ranked(per_report(report), report)
+                    frame = _ranked(per_report(here), here)
                 finally:
-                    problems = report.problems
-            else:
-                with Report(path) as opened:
-                    try:
-                        frame = _ranked(per_report(opened), opened)
-                    finally:
-                        problems = opened.problems
+                    problems = here.problems
         except NsysanError as e:
             return Failure(path, str(e))
         except _damage_errors() as e:

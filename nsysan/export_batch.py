@@ -173,13 +173,12 @@ def _on_dask(options: Options, jobs: list[Job], scheduler: str, stale: set[Path]
 
     # Workers resolve relative paths against their own working folder: they get absolute ones, and the items
     # come back under the paths the caller gave.
-    given = {report.absolute(): report for report, _ in jobs}
-    sent = [(report.absolute(), {kind: out.absolute() for kind, out in outputs.items()}) for report, outputs in jobs]
-    outputs_given = {report.absolute(): outputs for report, outputs in jobs}
+    given = {report.absolute(): (report, outputs) for report, outputs in jobs}
+    sent = [(absolute, {kind: out.absolute() for kind, out in outputs.items()})
+            for absolute, (_, outputs) in given.items()]
     for _, (item, removed) in parallel.map_on_dask(functools.partial(convert_on_worker, options), sent, scheduler):
         stale.update(removed)
-        item.outputs = outputs_given[item.report]
-        item.report = given[item.report]
+        item.report, item.outputs = given[item.report]
         yield item
 
 

@@ -67,6 +67,12 @@ def test_errors_are_one_line(pair, tmp_path):
     assert result.exit_code == 1 and "COUNT >= 1" in result.stderr
 
 
+def test_every_kind_has_a_figure_and_every_figure_a_kind():
+    from nsysan.cli.figures import _DRAW
+
+    assert set(_DRAW) == set(KINDS)
+
+
 def test_timeline_window_syntax():
     assert timeline_window(None, ("batch_*", "step_*")) == [("batch_*", 3), ("step_*", 3), "capture"]
     assert timeline_window("capture", ()) == ["capture"]

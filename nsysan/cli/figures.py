@@ -76,9 +76,8 @@ class Request:
 
 
 def figure_for(kind: str, request: Request) -> tuple[Any, Any]:
-    """(the matplotlib Figure, or None when the analysis found nothing to draw; the Result it was drawn from)."""
-    if kind not in _DRAW:
-        raise NsysanError(f"unknown figure {kind!r}; choose from {', '.join(KINDS)}")
+    """(the matplotlib Figure, or None when the analysis found nothing to draw; the Result it was drawn from).
+    ``kind`` is one of :data:`KINDS` (``nsysan plot`` checks it before reading any report)."""
     return _DRAW[kind](request)
 
 
