@@ -40,6 +40,12 @@ def range_nesting(report: Report) -> pl.DataFrame:
 
 
 @derived
+def range_names(report: Report) -> pl.DataFrame:
+    """Every NVTX range's ``range_id``, ``name`` and ``same_thread`` (it ended on the thread that started it)."""
+    return report.frame("SELECT range_id, name, same_thread FROM nvtx_ranges")
+
+
+@derived
 def launches(report: Report) -> pl.DataFrame:
     """Every GPU op with its launching call: ``correlation_id``, ``global_tid``, ``call_start``, ``call_end``,
     ``op_start``, ``op_end``."""
@@ -160,7 +166,7 @@ def kept_ops(report: Report, ops: pl.DataFrame, select: Selection = DEFAULT) -> 
     launched inside a warm-up range (rule 1 of :mod:`nsysan.selection`, same-thread rule) are left out."""
     if not select.exclude_within:
         return ops
-    ranges = report.frame("SELECT range_id, name AS range FROM nvtx_ranges WHERE same_thread")
+    ranges = range_names(report).filter(pl.col("same_thread")).select("range_id", range="name")
     if ranges.is_empty() or not report.has("CUPTI_ACTIVITY_KIND_RUNTIME"):
         if ops.height:
             quality.warn_unselectable(report, select.exclude_within, ranges.height)

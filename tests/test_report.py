@@ -291,3 +291,34 @@ def test_plot_theme_is_seaborns():
     theme = {**sns.axes_style("whitegrid"), **sns.plotting_context("notebook", font_scale=0.85)}
     assert {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in theme.items()} == SEABORN_THEME
     assert sns.color_palette("deep", 10).as_hex() == DEEP
+
+
+def test_sections_are_built_after_the_phases_they_read():
+    """Each section is built as soon as its phase is done (so figures draw while later analyses run); reading an
+    analysis of a later phase is an error, never an empty section."""
+    from nsysan.report.build import SECTIONS
+    from nsysan.report.data import ANALYSES, PHASES, Analyses
+
+    assert {phase for phase, _ in SECTIONS} <= {*PHASES, "end"}
+    assert set(ANALYSES) == set(PHASES)
+    found = Analyses(inputs=[], collection=nsysan.collect([]), unreadable=[], studies=find_studies([], []),
+                     by=("report",), select=nsysan.selection.DEFAULT, attribution="thread", baseline=None,
+                     done=["info", "latency"])
+    with pytest.raises(RuntimeError, match="'numa' analysis was read before its phase"):
+        found["numa"]
+    assert found["latency"].error == "not computed"  # its phase ran and did not compute it
+
+
+def test_the_report_process_never_imports_matplotlib(tmp_path):
+    """Figures are drawn by worker processes; the report's own process (analyses, tables, findings, the frame
+    re-arrangements of nsysan.plots.frames) runs without matplotlib, which it would import for seconds."""
+    import subprocess
+    import sys
+
+    code = ("import sys, nsysan; from nsysan.report import build_report, render_html; "
+            f"page = build_report(nsysan.sample_paths()[:2], workers=1); render_html(page); "
+            "assert page.figures; print(sorted(m for m in ('matplotlib', 'seaborn', 'pandas', 'pyarrow') "
+            "if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

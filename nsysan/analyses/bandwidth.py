@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.attribution import kept_ops, op_stages
+from nsysan.attribution import kept_ops, op_stages, range_names
 from nsysan.defaults import TINY_BYTES, TINY_COUNT_PCT
 from nsysan.intervals import union_piece
-from nsysan.load import Report
+from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, pool_names
 from nsysan.sql import query
 
@@ -45,21 +45,26 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
     has_any = report.has("CUPTI_ACTIVITY_KIND_MEMCPY") or (include_memset and report.has("CUPTI_ACTIVITY_KIND_MEMSET"))
     if not has_any:
         report.require("CUPTI_ACTIVITY_KIND_MEMCPY", purpose="copy bandwidth")
-    copies = kept_ops(report, report.frame(query("copies")), select)
+    copies = _kept_copies(report, select=select)
     if not include_memset:
         copies = copies.filter(pl.col("op") == "memcpy")
-    copies = copies.with_columns(
+    if by_stage:
+        report.require("NVTX_EVENTS", "CUPTI_ACTIVITY_KIND_RUNTIME", purpose="copy bandwidth by stage")
+        names = range_names(report).select(stage_range_id="range_id", stage="name")
+        stages = op_stages(report).join(names, on="stage_range_id", how="left")
+        copies = copies.join(stages, on=["global_pid", "correlation_id"], how="left")
+    return copies.sort("start_ns", "end_ns")
+
+
+@derived  # a report's bandwidth, copy sizes, comparisons and NUMA pairs read the same copies
+def _kept_copies(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
+    """Every copy and memset ``select`` keeps, with the columns :func:`copy_trace` derives (no stage)."""
+    return kept_ops(report, report.frame(query("copies")), select).with_columns(
         is_async=pl.col("api").str.contains("(?i)async"),
         pageable=(pl.col("src_kind").str.contains("(?i)pageable").fill_null(False)
                   | pl.col("dst_kind").str.contains("(?i)pageable").fill_null(False)),
-    )
-    if by_stage:
-        report.require("NVTX_EVENTS", "CUPTI_ACTIVITY_KIND_RUNTIME", purpose="copy bandwidth by stage")
-        names = report.frame("SELECT range_id AS stage_range_id, name AS stage FROM nvtx_ranges")
-        stages = op_stages(report).join(names, on="stage_range_id", how="left")
-        copies = copies.join(stages, on=["global_pid", "correlation_id"], how="left")
-    return copies.drop("global_tid").with_columns(pid=(pl.col("global_pid") // (1 << 24)) % (1 << 24)).sort(
-        "start_ns", "end_ns")
+        pid=(pl.col("global_pid") // (1 << 24)) % (1 << 24),
+    ).drop("global_tid")
 
 
 def _union_per_group(copies: pl.DataFrame, keys: list[str]) -> pl.DataFrame:

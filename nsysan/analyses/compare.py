@@ -31,7 +31,7 @@ from nsysan.analyses.latency import instances
 from nsysan.bootstrap import NO_CHANGE, ratio_ci, reducer, verdict
 from nsysan.defaults import CONFIDENCE, MIN_EFFECT_PCT, MIN_INSTANCES, RESAMPLES, SEED
 from nsysan.errors import NsysanError
-from nsysan.load import Report
+from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, pool_names
 
 #: Columns of :func:`stage_observations` (the rest of a tagged frame is ``report`` and metadata keys).
@@ -80,6 +80,7 @@ COMPARE_COLUMNS = ("stage", "direction", "metric", "statistic", "n", "value", "b
 
 
 # -- observations -----------------------------------------------------------------------------------------
+@derived  # compare and numa of one report read the same observations
 def stage_observations(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame:
     """Observations per stage of one report, one row each (the many-report form is tagged with ``report``
     and run metadata by :func:`nsysan.compare`).

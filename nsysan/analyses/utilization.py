@@ -25,7 +25,7 @@ from nsysan.analyses.kernels import NAME_COLUMN, KernelNames
 from nsysan.analyses.latency import range_trace
 from nsysan.defaults import LAUNCH_BOUND_GAP_PCT, LAUNCH_BOUND_IDLE_PCT, LAUNCH_GAP_NS, SHORT_GAP_NS
 from nsysan.errors import MissingDataError
-from nsysan.load import Report
+from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, measured_batches, select_instances
 
 #: Columns of :func:`gpu_utilization` besides ``report`` and run metadata that summaries can be grouped by.
@@ -92,10 +92,7 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
     if not has_ops:
         report.require("CUPTI_ACTIVITY_KIND_KERNEL", purpose="GPU utilization")
     windows = window_intervals(report, window=window, select=select)
-    pid = pl.col("global_pid").floordiv(1 << 24).mod(1 << 24).cast(pl.Int64).alias("pid")
-    ops = report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id, global_pid FROM gpu_ops").with_columns(pid)
-    kernels = report.frame(f"SELECT {NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id, global_pid "
-                           "FROM kernels").with_columns(pid)
+    ops, kernels = _gpu_ops(report), _kernels(report, names=names)
     keys = ["device_id", "stream_id"] if by_stream else ["device_id"]
     rows = []
     for process, (win, instances) in windows.items():
@@ -113,6 +110,21 @@ def gpu_utilization(report: Report, *, window: str = "capture", by_stream: bool 
               **{c: pl.Int64 for c in _SUM_COLUMNS}, "gaps_ns": pl.List(pl.Int64),
               "kernel_times": pl.List(pl.Struct({"name": pl.String, "instances": pl.Int64, "time_ns": pl.Int64}))}
     return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+_PID = pl.col("global_pid").floordiv(1 << 24).mod(1 << 24).cast(pl.Int64).alias("pid")
+
+
+@derived  # read once for every window of a report
+def _gpu_ops(report: Report) -> pl.DataFrame:
+    return report.frame("SELECT kind, start_ns, end_ns, device_id, stream_id, global_pid FROM gpu_ops").with_columns(
+        _PID)
+
+
+@derived
+def _kernels(report: Report, *, names: KernelNames = "short") -> pl.DataFrame:
+    return report.frame(f"SELECT {NAME_COLUMN[names]} AS name, start_ns, end_ns, device_id, stream_id, global_pid "
+                        "FROM kernels").with_columns(_PID)
 
 
 def _busy(unit_ops: pl.DataFrame, unit_kernels: pl.DataFrame, win: intervals.Spans) -> dict[str, object]:

@@ -19,13 +19,12 @@ from matplotlib.image import AxesImage
 from matplotlib.patches import Patch
 
 from nsysan.plots.compare import DIRECTION_SHORT
+from nsysan.plots.frames import key_columns, require_columns
 from nsysan.plots.style import (
     add_note,
     group_label,
-    key_columns,
     new_figure,
     palette,
-    require_columns,
     set_title,
     styled,
     unit_label,

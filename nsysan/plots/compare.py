@@ -15,13 +15,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from nsysan.analyses.compare import METRICS
+from nsysan.plots.frames import key_columns, require_columns
 from nsysan.plots.style import (
     VERDICT_COLORS,
     add_note,
     group_label,
-    key_columns,
     new_figure,
-    require_columns,
     set_title,
     styled,
     unit_label,

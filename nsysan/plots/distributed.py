@@ -12,13 +12,12 @@ import numpy as np
 import polars as pl
 from matplotlib.figure import Figure
 
+from nsysan.plots.frames import key_columns, require_columns
 from nsysan.plots.style import (
     add_note,
     group_label,
-    key_columns,
     new_figure,
     palette,
-    require_columns,
     set_title,
     styled,
     unit_label,

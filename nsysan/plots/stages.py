@@ -14,14 +14,13 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 
+from nsysan.plots.frames import key_columns, require_columns
 from nsysan.plots.style import (
     PIPELINE_STAGES,
     add_note,
     axes_for,
     group_label,
-    key_columns,
     legend_outside,
-    require_columns,
     set_title,
     stage_color,
     styled,

@@ -204,20 +204,6 @@ def group_label(values: Mapping[str, Any], keys: Iterable[str], *, missing: bool
     return " · ".join(parts) or "all runs"
 
 
-def key_columns(frame_columns: Sequence[str], first_value_column: str) -> list[str]:
-    """The grouping keys of an analysis frame: its columns before ``first_value_column`` (the analyses put
-    their ``by`` keys first)."""
-    if first_value_column not in frame_columns:
-        raise ValueError(f"expected a column {first_value_column!r}; columns: {', '.join(frame_columns)}")
-    return list(frame_columns[: list(frame_columns).index(first_value_column)])
-
-
-def require_columns(frame_columns: Sequence[str], needed: Iterable[str], what: str) -> None:
-    missing = [c for c in needed if c not in frame_columns]
-    if missing:
-        raise ValueError(f"{what} needs column(s) {', '.join(missing)}; the frame has {', '.join(frame_columns)}")
-
-
 def figure_legend(fig: Figure, axes: Sequence[Axes], *, title: str | None = None, ncol: int | None = None,
                   loc: str = "outside upper left") -> None:
     """One legend for the figure, above the panels (below the title), built from every panel's labelled

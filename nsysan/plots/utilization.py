@@ -2,8 +2,8 @@
 
 Inputs are the frames of :mod:`nsysan.analyses.utilization`: :func:`nsysan.utilization_summary` (busy/idle),
 the per-report :func:`nsysan.gpu_utilization` rows (their ``gaps_ns`` lists, for the gap distribution)
-and :func:`nsysan.top_kernels`. One re-arrangement lives here, :func:`busy_breakdown`, because the
-summary's shares overlap (kernel busy time includes time copies ran too).
+and :func:`nsysan.top_kernels`. The shares it stacks come from
+:func:`~nsysan.plots.frames.busy_breakdown`.
 """
 from __future__ import annotations
 
@@ -14,14 +14,13 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from nsysan.analyses.utilization import LAUNCH_GAP_NS, SHORT_GAP_NS
+from nsysan.plots.frames import busy_breakdown, key_columns, require_columns
 from nsysan.plots.style import (
     OP_COLORS,
     add_note,
     group_label,
-    key_columns,
     new_figure,
     palette,
-    require_columns,
     set_title,
     shorten,
     styled,
@@ -32,15 +31,6 @@ UNIT_KEYS = ("device_id", "stream_id")
 SEGMENTS = (("kernel_pct", "kernels (with or without copies)", OP_COLORS["kernel"]),
             ("copy_only_pct", "copies only", OP_COLORS["Host-to-Device"]),
             ("idle_pct", "idle", "#e3e3e3"))
-
-
-def busy_breakdown(summary: pl.DataFrame) -> pl.DataFrame:
-    """``summary`` (from :func:`nsysan.utilization_summary`) with three shares of the window that add up to
-    100 %: ``kernel_pct`` = ``utilization_pct`` (a kernel ran), ``copy_only_pct`` = ``busy_pct`` −
-    ``utilization_pct`` (only copies or memsets ran), and ``idle_pct`` as it is. Reads only those columns."""
-    require_columns(summary.columns, ["utilization_pct", "busy_pct", "idle_pct"], "busy_breakdown")
-    return summary.with_columns(kernel_pct=pl.col("utilization_pct"),
-                                copy_only_pct=pl.col("busy_pct") - pl.col("utilization_pct"))
 
 
 def _unit_keys(frame: pl.DataFrame, first_value: str) -> tuple[list[str], list[str]]:

@@ -1,6 +1,7 @@
 """The report's page, built from one :class:`~nsysan.report.data.Analyses`: the findings summary, one section per
 analysis (:mod:`~nsysan.report.sections`, :mod:`~nsysan.report.sections_compare`), figure and table numbers, the
-title and the facts. Figures are drawn while the sections are built (:mod:`~nsysan.report.figures`).
+title and the facts. Each section is built as soon as the analyses it reads are done, so that worker processes
+draw its figures (:mod:`~nsysan.report.figures`) while the later analyses run.
 """
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ from nsysan.report.sections_compare import (
 )
 from nsysan.selection import DEFAULT, Selection
 
+#: The page's sections in page order, each with the phase of the analyses (:data:`nsysan.report.data.PHASES`)
+#: after which it can be built (``"end"``: after every phase).
+SECTIONS: tuple[tuple[str, Callable[[Analyses, Figures], Section | None]], ...] = (
+    ("info", lambda found, draw: runs_section(found)),
+    ("latency", stages_section),
+    ("throughput", throughput_section),
+    ("bandwidth", bandwidth_section),
+    ("utilization", lambda found, draw: flags_section(found)),
+    ("utilization", utilization_section),
+    ("utilization", kernels_section),
+    ("compare", compare_section),
+    ("numa", numa_section),
+    ("distributed", lambda found, draw: distributed_section(found, draw) if found.distributed else None),
+    ("timeline", timeline_section),
+    ("end", lambda found, draw: notes_section(found)),
+)
+
 
 def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selection = DEFAULT,
                  baseline: dict[str, Any] | None = None, attribution: str = "auto",
@@ -53,10 +71,18 @@ def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selectio
     given = [Path(p) for p in inputs] or ([Path(runs)] if isinstance(runs, (str, Path)) else
                                           [Path(p) for p in runs] if isinstance(runs, (list, tuple)) else [])
     draw = Figures(figures, workers=workers)  # workers start importing matplotlib while the analyses run
+    built: dict[int, Section | None] = {}
+
+    def ready(found: Analyses, phase: str) -> None:
+        for i, (after, make) in enumerate(SECTIONS):
+            if after == phase:
+                built[i] = make(found, draw)
+
     try:
         found = analyse(runs, inputs=given, by=by, select=select, attribution=attribution, baseline=baseline,
-                        stats=stats, step=step)
-        sections = _sections(found, draw)
+                        stats=stats, step=step, ready=ready)
+        ready(found, "end")
+        sections = [built[i] for i in sorted(built) if built[i] is not None]
         if step:
             step("figures")
         failed = draw.finish()
@@ -74,17 +100,6 @@ def build_report(runs: Any, *, by: Sequence[str] | None = None, select: Selectio
                 sections=[summary, *sections], facts=_facts(found),
                 meta={"seconds": {k: round(v.seconds, 3) for k, v in found.outcomes.items()},
                       "unreadable": list(found.unreadable), "exports": len(found.collection)})
-
-
-def _sections(found: Analyses, draw: Figures) -> list[Section]:
-    sections = [runs_section(found), stages_section(found, draw), throughput_section(found, draw),
-                bandwidth_section(found, draw), flags_section(found), utilization_section(found, draw),
-                kernels_section(found, draw), compare_section(found, draw), numa_section(found, draw)]
-    if found.distributed:
-        sections.append(distributed_section(found, draw))
-    sections.append(timeline_section(found, draw))
-    sections.append(notes_section(found))
-    return sections
 
 
 def _number(sections: list[Section]) -> None:

@@ -27,6 +27,17 @@ from nsysan.selection import DEFAULT, Selection
 
 #: Grouping keys a report picks by itself, when every report has a model: those of them that vary.
 AUTO_KEYS = ("model", "variant", "gpu", "numa")
+#: The groups of analyses, in the order they run; ``analyse(ready=...)`` is told as each group is done, so that
+#: the report can build a section (and start drawing its figures) while the later analyses run.
+PHASES = ("info", "latency", "throughput", "bandwidth", "utilization", "compare", "numa", "timeline", "distributed")
+#: The analyses each phase runs (those that do not apply to the inputs get an outcome that says so).
+ANALYSES = {
+    "info": ("info",), "latency": ("trace", "latency"), "throughput": ("throughput",),
+    "bandwidth": ("copies", "bandwidth", "bandwidth_stage", "copy_sizes"),
+    "utilization": ("utilization_parts", "utilization", "top_kernels", "utilization_forward"),
+    "compare": ("compare",), "numa": ("numa",), "timeline": ("timeline",),
+    "distributed": ("dist_latency", "dist_utilization", "comm", "skew", "skew_steps", "calls"),
+}
 Step = Callable[[str], None] | None
 
 
@@ -76,9 +87,18 @@ class Analyses:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     timeline_report: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Phases done so far (all of :data:`PHASES` once :func:`analyse` returns).
+    done: list[str] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> Outcome:
-        return self.outcomes.get(name, Outcome(error="not computed"))
+        """The outcome of analysis ``name``; reading one whose phase has not run yet is a bug of the caller
+        (a section built too early), never an empty section."""
+        if name in self.outcomes:
+            return self.outcomes[name]
+        phase = next((p for p, names in ANALYSES.items() if name in names), None)
+        if phase is not None and phase not in self.done:
+            raise RuntimeError(f"the {name!r} analysis was read before its phase {phase!r} ran")
+        return Outcome(error="not computed")
 
     @property
     def analysed(self) -> int:
@@ -146,9 +166,11 @@ def _batch_names(trace: pl.DataFrame, patterns: Sequence[str]) -> tuple[str | No
 
 def analyse(runs: Any, *, inputs: Sequence[Path] = (), by: Sequence[str] | None = None,
             select: Selection = DEFAULT, attribution: str = "auto", baseline: Mapping[str, Any] | None = None,
-            stats: Mapping[str, Any] | None = None, step: Step = None) -> Analyses:
+            stats: Mapping[str, Any] | None = None, step: Step = None,
+            ready: Callable[[Analyses, str], None] | None = None) -> Analyses:
     """Open every report of ``runs`` once and run every analysis the report shows (``step`` is called with
-    each analysis's name as it starts, for a progress display)."""
+    each analysis's name as it starts, for a progress display; ``ready`` with the analyses so far and each of
+    :data:`PHASES` once its analyses are done)."""
     collection = runs if isinstance(runs, Collection) else nsysan.collect(
         [runs] if isinstance(runs, (str, Path)) else list(runs))
     stats = dict(stats or {})
@@ -168,21 +190,33 @@ def analyse(runs: Any, *, inputs: Sequence[Path] = (), by: Sequence[str] | None 
                                                                   collection.paths),
                      by=chosen_by, select=select, attribution=attribution,
                      baseline=dict(baseline) if baseline is not None else auto_baseline(collection, chosen_by))
+
+    def phase_done(phase: str) -> None:
+        for name in ANALYSES[phase]:  # an analysis that does not apply says so
+            found.outcomes.setdefault(name, Outcome(error="not computed"))
+        found.done.append(phase)
+        if ready:
+            ready(found, phase)
+
     try:
-        _analyse_all(found, opened, stats, step)
+        _analyse_all(found, opened, stats, step, phase_done)
     finally:
         for report in opened:
             report.close()
     return found
 
 
-def _analyse_all(found: Analyses, reports: list, stats: dict[str, Any], step: Step) -> None:
+def _analyse_all(found: Analyses, reports: list, stats: dict[str, Any], step: Step,
+                 phase_done: Callable[[str], None]) -> None:
     out, by, select = found.outcomes, found.by, found.select
     if not reports:
         found.notes.append("no export could be read: nothing to analyse")
+        for phase in PHASES:
+            phase_done(phase)
         return
     run = partial(_run, outcomes=out, step=step)
     run("info", lambda: nsysan.info(reports))
+    phase_done("info")
     if found.attribution == "auto":  # nsys's rule unless the analysis finds ranges whose GPU work other threads launched
         found.attribution = "thread"
         trace = run("trace", lambda: nsysan.latency_trace(reports, select=select, attribution="thread"))
@@ -201,11 +235,14 @@ def _analyse_all(found: Analyses, reports: list, stats: dict[str, Any], step: St
     if not trace.frame.is_empty() and "rank" in trace.frame.columns:
         found.ranks = int(trace.frame.group_by("report").agg(pl.col("rank").n_unique())["rank"].max() or 1)
     run("latency", lambda: nsysan.latency(reports, by=by, select=select, attribution=found.attribution))
+    phase_done("latency")
     run("throughput", lambda: nsysan.throughput(reports, by=by, select=select))
+    phase_done("throughput")
     copies = run("copies", lambda: pooled(reports, partial(_copy_trace, select=select), by=()))
     run("bandwidth", lambda: _pool(copies, lambda f: _bw().bandwidth_summary(f, by=by, select=select)))
     run("bandwidth_stage", lambda: nsysan.bandwidth(reports, by=by, by_stage=True, select=select))
     run("copy_sizes", lambda: _pool(copies, lambda f: _bw().copy_size_histogram(f, by=by, select=select)))
+    phase_done("bandwidth")
     window = "batches" if found.batch else "capture"
     parts = run("utilization_parts", lambda: pooled(reports, partial(_gpu_utilization, window=window, select=select),
                                                     by=()))
@@ -213,10 +250,14 @@ def _analyse_all(found: Analyses, reports: list, stats: dict[str, Any], step: St
     run("top_kernels", lambda: _pool(parts, lambda f: _ut().top_kernels(f, by=by, top=8)))
     if "forward" in found.stages:
         run("utilization_forward", lambda: nsysan.utilization(reports, by=by, window="forward", select=select))
+    phase_done("utilization")
     run("compare", lambda: nsysan.compare(reports, by=by, baseline=found.baseline, select=select, **stats)
         if found.baseline else Result(pl.DataFrame()))
+    phase_done("compare")
     run("numa", lambda: nsysan.numa(reports, select=select, **stats))
+    phase_done("numa")
     _timeline(found, reports, run)
+    phase_done("timeline")
     if found.distributed:
         dist_by = tuple(dict.fromkeys([*(k for k in by if k != "rank"), "rank"]))
         run("dist_latency", lambda: nsysan.latency(reports, by=dist_by, select=select, attribution="process"))
@@ -225,6 +266,7 @@ def _analyse_all(found: Analyses, reports: list, stats: dict[str, Any], step: St
         run("skew", lambda: nsysan.skew(reports, select=select))
         run("skew_steps", lambda: nsysan.skew(reports, per_step=True, select=select))
         run("calls", lambda: nsysan.collective_calls(reports, select=select))
+    phase_done("distributed")
 
 
 def _timeline(found: Analyses, reports: list, run: Callable[..., Outcome]) -> None:

@@ -35,16 +35,13 @@ def data_url(figure: Figure) -> str:
     return f"data:{figure.mime};base64,{base64.b64encode(figure.data).decode()}"
 
 
-def render_figure(kind: str, args: tuple, kwargs: dict[str, Any], fmt: str | None) -> tuple[str, Any]:
-    """Draw ``nsysan.plots.<kind>(*args, **kwargs)`` and encode it: ("ok", (mime, bytes, width, height)) or
-    ("error", why); with ``fmt`` None, ("ok", the call's value). Runs in a worker process (everything here is
-    picklable) or in the caller's."""
+def render_figure(kind: str, args: tuple, kwargs: dict[str, Any], fmt: str) -> tuple[str, Any]:
+    """Draw ``nsysan.plots.<kind>(*args, **kwargs)`` and encode it as ``fmt``: ("ok", (mime, bytes, width,
+    height)) or ("error", why). Runs in a worker process (everything here is picklable) or in the caller's."""
     from nsysan import plots
 
     try:
         fig = getattr(plots, kind)(*args, **kwargs)
-        if fmt is None:  # a frame re-arrangement of nsysan.plots (transfer_share, model_shape), not a figure
-            return "ok", fig
         encoded = encode(fig, fmt=fmt)
         fig.clear()
         return "ok", encoded
@@ -131,16 +128,6 @@ class Figures:
         section.figures.append(slot)
         self.jobs.append((section, slot, job))
         return id
-
-    def call(self, kind: str, *args: Any, **kwargs: Any) -> Any:
-        """``nsysan.plots.<kind>(*args, **kwargs)`` for a pure helper of the plots (``transfer_share``,
-        ``model_shape``), computed where matplotlib is already imported (a worker), so this process never
-        imports it. Raises what the helper raised, as a ValueError."""
-        job = (kind, args, kwargs, None)
-        status, value = self._remote(job) if self.pool else render_figure(*job)
-        if status != "ok":
-            raise ValueError(value)
-        return value
 
     def finish(self) -> set[str]:
         """Wait for every figure; returns the ids of those that could not be drawn."""

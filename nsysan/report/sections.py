@@ -8,22 +8,15 @@ its figures are queued on a :class:`~nsysan.report.figures.Figures`. A section t
 """
 from __future__ import annotations
 
-from typing import Any
-
 import polars as pl
 
+from nsysan.plots.frames import model_shape, transfer_share
 from nsysan.report import findings as F
 from nsysan.report.data import Analyses
 from nsysan.report.figures import Figures
 from nsysan.report.model import Column, Section
 from nsysan.report.tables import cell, key_columns, table
 from nsysan.report.words import group_name, listing, pct
-
-
-def _plots() -> Any:
-    from nsysan import plots
-
-    return plots
 
 
 # -- What was run -------------------------------------------------------------------------------------------------
@@ -122,14 +115,13 @@ def stages_section(found: Analyses, draw: Figures) -> Section:
 
 
 # -- Throughput and scaling ----------------------------------------------------------------------------------------------
-def scaling_axis(latency: pl.DataFrame, draw: Figures | None = None) -> str | None:
+def scaling_axis(latency: pl.DataFrame) -> str | None:
     """The model-shape key a scaling figure can use: one along which some series (models equal in the other
     shape keys and variant) has at least three points."""
     if "model" not in latency.columns:
         return None
     models = latency.select("model", *(["variant"] if "variant" in latency.columns else [])).unique()
-    shapes = draw.call("model_shape", models) if draw is not None else _plots().model_shape(models)
-    shapes = shapes.filter(pl.col("depth").is_not_null(), pl.col("patch") > 0)
+    shapes = model_shape(models).filter(pl.col("depth").is_not_null(), pl.col("patch") > 0)
     for x in ("depth", "dim", "patch"):
         others = [k for k in ("patch", "depth", "dim", "variant") if k != x and k in shapes.columns]
         if not shapes.is_empty() and shapes.group_by(others).agg(pl.col(x).n_unique())[x].max() >= 3:
@@ -157,7 +149,7 @@ def throughput_section(found: Analyses, draw: Figures) -> Section:
     if latency.is_empty() or "model" not in keys or not {"h2d", "forward"} <= set(latency["range"].to_list()):
         return s
     try:
-        shares = draw.call("transfer_share", latency)
+        shares = transfer_share(latency)
     except ValueError as e:
         s.missing.append(f"Transfer and compute GPU time could not be computed: {e}")
         return s
@@ -166,7 +158,7 @@ def throughput_section(found: Analyses, draw: Figures) -> Section:
         Column("compute_ms", "Compute (forward) GPU", "ms"), Column("transfer_share_pct", "Transfer share", "%")],
         caption="Means per batch of the stages' projected GPU time."))
     try:
-        x = scaling_axis(latency, draw)
+        x = scaling_axis(latency)
     except ValueError:
         x = None
     fig = None

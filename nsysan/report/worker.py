@@ -33,8 +33,10 @@ def receive(stream: BinaryIO) -> Any:
 
 
 def main() -> None:
-    import nsysan.plots  # noqa: F401 - import matplotlib before the first job arrives
+    from nsysan import plots
     from nsysan.report.figures import render_figure
+
+    plots.load_all()  # import matplotlib before the first job arrives
 
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing a figure prints may corrupt the answers

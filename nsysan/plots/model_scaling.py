@@ -6,8 +6,8 @@ Inputs: a :func:`nsysan.latency_summary` frame grouped by ``model`` (and any oth
 from the model name ``vit{patch}x{depth}x{dim}`` (the runner's own parser), resolution from a metadata
 column ``resolution`` when the runs have one.
 
-Two pure re-arrangements live here because no analysis returns them: :func:`model_shape` (columns parsed
-from ``model``) and :func:`transfer_share` (sums of stage means already in the latency frame).
+The two re-arrangements of the frames it draws, :func:`~nsysan.plots.frames.model_shape` and
+:func:`~nsysan.plots.frames.transfer_share`, are in :mod:`nsysan.plots.frames`.
 """
 from __future__ import annotations
 
@@ -19,64 +19,29 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullLocator
 
+from nsysan.plots.frames import (
+    COMPUTE_STAGES,
+    SHAPE_KEYS,
+    TRANSFER_STAGES,
+    key_columns,
+    model_shape,
+    require_columns,
+    transfer_share,
+)
 from nsysan.plots.style import (
     add_note,
     group_label,
-    key_columns,
     new_figure,
     palette,
-    require_columns,
     set_title,
     styled,
     unit_label,
 )
-from nsysan.runner.config import MODEL_NAME
 
-SHAPE_KEYS = ("patch", "depth", "dim")
 X_LABELS = {"depth": ("Model depth", "layers"), "dim": ("Model width", "hidden size"),
             "patch": ("Patch size", "px"), "patches": ("Patches per image", "count"),
             "resolution": ("Input resolution", "px per side")}
 LOG_X = ("patches", "resolution")
-TRANSFER_STAGES = ("h2d", "d2h")
-COMPUTE_STAGES = ("forward",)
-
-
-def model_shape(frame: pl.DataFrame, *, model: str = "model", resolution: str = "resolution") -> pl.DataFrame:
-    """``frame`` with ``patch``, ``depth``, ``dim`` (Int64) parsed from the ``model`` column
-    (``vit{patch}x{depth}x{dim}``, null where the name does not follow it) and, when ``frame`` has a
-    ``resolution`` column, ``patches`` = (resolution // patch)² (null for patch 0, the no-op model)."""
-    require_columns(frame.columns, [model], "model_shape")
-    names = frame[model].cast(pl.String).to_list()
-    parsed = [MODEL_NAME.match(n) if n else None for n in names]
-    shape = {key: pl.Series(key, [int(m[i + 1]) if m else None for m in parsed], dtype=pl.Int64)
-             for i, key in enumerate(SHAPE_KEYS)}
-    out = frame.with_columns(**shape)
-    if resolution in frame.columns:
-        side = pl.when(pl.col("patch") > 0).then(pl.col(resolution).cast(pl.Int64) // pl.col("patch"))
-        out = out.with_columns(patches=side * side)
-    return out
-
-
-def transfer_share(latency: pl.DataFrame, *, time: str = "gpu_proj_ms", transfer: Sequence[str] = TRANSFER_STAGES,
-                   compute: Sequence[str] = COMPUTE_STAGES) -> pl.DataFrame:
-    """Per group of the latency summary (its keys: the columns before ``range``): ``transfer_ms`` = the sum of
-    ``{time}_mean`` over the ``transfer`` stages (h2d, d2h), ``compute_ms`` = the same over the ``compute``
-    stages (forward), and ``transfer_share_pct`` = 100 × transfer_ms / (transfer_ms + compute_ms).
-
-    Reads only ``range`` and ``{time}_mean``; a stage without GPU work (null) counts 0. Means, not
-    percentiles, because means add up: per batch, the stages' mean times sum to the mean of their sum."""
-    keys = key_columns(latency.columns, "range")
-    column = f"{time}_mean"
-    require_columns(latency.columns, ["range", column], "transfer_share")
-    value = pl.col(column).fill_null(0.0)
-    part = latency.group_by(keys, maintain_order=True).agg(
-        transfer_ms=value.filter(pl.col("range").is_in(list(transfer))).sum(),
-        compute_ms=value.filter(pl.col("range").is_in(list(compute))).sum(),
-    ) if keys else latency.select(
-        transfer_ms=value.filter(pl.col("range").is_in(list(transfer))).sum(),
-        compute_ms=value.filter(pl.col("range").is_in(list(compute))).sum())
-    total = pl.col("transfer_ms") + pl.col("compute_ms")
-    return part.with_columns(transfer_share_pct=pl.when(total > 0).then(100 * pl.col("transfer_ms") / total))
 
 
 @styled
