@@ -247,3 +247,35 @@ def test_small_vits_are_launch_bound_and_the_largest_is_busier(sweep):
         assert r["launch_bound"], r
         # The largest model keeps the GPU markedly busier in its forward pass.
         assert forward[LARGEST]["utilization_pct"] > 1.5 * r["utilization_pct"], (name, r["utilization_pct"])
+
+
+def _parts(rows: list[tuple]) -> pl.DataFrame:
+    """Per-window rows of gpu_utilization, as the pooling functions read them: (model, kernel_busy_ns,
+    [(name, instances, time_ns), ...])."""
+    kernel = pl.Struct({"name": pl.String, "instances": pl.Int64, "time_ns": pl.Int64})
+    return pl.DataFrame({
+        "model": [r[0] for r in rows], "device_id": [0] * len(rows), "kernel_busy_ns": [r[1] for r in rows],
+        "kernel_times": [[dict(zip(("name", "instances", "time_ns"), k)) for k in r[2]] for r in rows],
+    }, schema_overrides={"kernel_times": pl.List(kernel)})
+
+
+def test_top_kernels_pools_windows_orders_ties_by_name_and_keeps_null_groups_last():
+    parts = _parts([("b", 0, [("zero", 1, 0)]),
+                    (None, 5, [("n", 1, 5)]),
+                    ("a", 1, [("k", 1, 1)]),
+                    ("a", 3, [("k", 1, 1), ("j", 2, 2)])])
+    top = top_kernels(parts, by=["model"])
+    # a: k 2 ns (2 launches), j 2 ns: a tie, by name; kernel busy 1 + 3 = 4 ns. b: busy 0, no share. null: 5 of 5.
+    assert top.rows() == [("a", 0, "j", 2, 2, 50.0), ("a", 0, "k", 2, 2, 50.0), ("b", 0, "zero", 1, 0, None),
+                          (None, 0, "n", 1, 5, 100.0)]
+    one = top_kernels(_parts([("a", 1, [("k", 1, 1)])]), by=["model"])
+    assert one["busy_share_pct"].to_list() == [100.0]  # a busy time of exactly 1 ns has a share
+
+
+def test_top_kernels_keeps_ten_by_default_and_cuts_ties_by_name():
+    times = [100 - i for i in range(9)] + [50, 50, 10]  # x09 and x10 tie for the tenth place
+    parts = _parts([("a", 1000, [(f"x{i:02d}", 1, t) for i, t in enumerate(times)])])
+    top = top_kernels(parts, by=["model"])
+    assert top["name"].to_list() == [f"x{i:02d}" for i in range(10)]
+    assert top_kernels(parts, by=["model"], top=3)["name"].to_list() == ["x00", "x01", "x02"]
+    assert top_kernels(parts, by=["model"], top=0).height == 12

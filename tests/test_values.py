@@ -377,6 +377,27 @@ def test_windows_busy_time_and_gaps_equal_brute_force(name, window, sweep_window
     assert r["kernel_sum_ns"] == sum(max(0, min(e, we) - max(s, ws)) for s, e in kernel_ops for ws, we in win)
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLES))
+def test_top_kernels_of_the_forward_window_equal_brute_force(name):
+    """Per kernel short name: launches touching the window, time inside it, share of the kernel busy time; the
+    ten with most time, ties by name."""
+    path = SAMPLES[name]
+    win = _window_by_hand(path, "forward")
+    kernels = _read(path, "SELECT k.start, k.end, s.value FROM CUPTI_ACTIVITY_KIND_KERNEL AS k "
+                          "JOIN StringIds AS s ON s.id = k.shortName")
+    per_name: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for s, e, kernel in kernels:
+        inside = sum(max(0, min(e, we) - max(s, ws)) for ws, we in win)
+        if any(s < we and e > ws or ws <= s < we for ws, we in win):
+            per_name[kernel][0] += 1
+            per_name[kernel][1] += inside
+    busy = sum(e - s for s, e in _clip([(s, e) for s, e, _ in kernels], win))
+    expected = sorted(per_name.items(), key=lambda kv: (-kv[1][1], kv[0]))[:10]
+    top = nsysan.top_kernels(path, window="forward").frame
+    assert top.select("name", "instances", "time_ns").rows() == [(k, n, t) for k, (n, t) in expected]
+    assert top["busy_share_pct"].to_list() == pytest.approx([100 * t / busy for _, (_, t) in expected], rel=1e-12)
+
+
 def test_forward_gaps_of_the_samples_are_short():
     """The samples' forward passes are strings of kernels a few tens of µs apart; the largest gap inside one
     forward pass is well under a millisecond (a gap across two batches would be 13-25 ms)."""
