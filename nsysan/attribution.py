@@ -20,6 +20,8 @@ from nsysan.sql import query
 PAIR_SCHEMA = {"range_id": pl.Int64, "launch": pl.UInt32}
 #: A globalTid divided by this is its process (the low 24 bits are the thread id).
 PROCESS_BITS = 1 << 24
+#: Launches climbed at a time by :func:`_climb`.
+CLIMB_SLICE = 1 << 18
 
 
 @derived
@@ -97,20 +99,25 @@ def _climb(calls: pl.DataFrame, nesting: pl.DataFrame) -> pl.DataFrame:
               .unique(["global_tid", "start_ns"], keep="first", maintain_order=True)
               .select("global_tid", "start_ns", candidate="range_id")
               .sort("start_ns"))
-    climbing = (calls.sort("call_start")
-                .join_asof(starts, left_on="call_start", right_on="start_ns", by="global_tid",
-                           strategy="backward", check_sortedness=False)
-                .select("launch", "call_start", "call_end", "candidate")
-                .filter(pl.col("candidate").is_not_null()))
     ancestry = nesting.select(candidate="range_id", _start="start_ns", _end="end_ns", _parent="parent_id",
                               _crossing="crossing")
     found = []
-    while climbing.height:
-        climbing = climbing.join(ancestry, on="candidate", how="inner")
-        contains = (pl.col("_start") <= pl.col("call_start")) & (pl.col("_end") >= pl.col("call_end"))
-        found.append(climbing.filter(contains & ~pl.col("_crossing")).select(range_id="candidate", launch="launch"))
-        climbing = climbing.select("launch", "call_start", "call_end", candidate="_parent").filter(
-            pl.col("candidate").is_not_null())
+    ordered = calls.sort("call_start")
+    # In slices of launches: each climb step joins every launch still climbing with its candidate's row, and
+    # those temporaries, not the pairs found, set the peak memory of a million-kernel report.
+    for first in range(0, ordered.height, CLIMB_SLICE):
+        climbing = (ordered.slice(first, CLIMB_SLICE)
+                    .join_asof(starts, left_on="call_start", right_on="start_ns", by="global_tid",
+                               strategy="backward", check_sortedness=False)
+                    .select("launch", "call_start", "call_end", "candidate")
+                    .filter(pl.col("candidate").is_not_null()))
+        while climbing.height:
+            climbing = climbing.join(ancestry, on="candidate", how="inner")
+            contains = (pl.col("_start") <= pl.col("call_start")) & (pl.col("_end") >= pl.col("call_end"))
+            found.append(climbing.filter(contains & ~pl.col("_crossing")).select(range_id="candidate",
+                                                                                  launch="launch"))
+            climbing = climbing.select("launch", "call_start", "call_end", candidate="_parent").filter(
+                pl.col("candidate").is_not_null())
     crossing = nesting.filter(pl.col("crossing")).select("range_id", "global_tid", "start_ns", "end_ns")
     if crossing.height:
         found.append(_calls_inside(calls, crossing))

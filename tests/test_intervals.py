@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -355,3 +356,23 @@ def test_a_zero_length_op_just_before_a_window_interval_does_not_overlap_it():
     starts = np.array([99, 100, 199, 200, 299, 300, 400])
     assert overlaps(starts, starts, window).tolist() == [False, True, True, False, False, True, False]
     assert clipped_lengths(starts, starts, window).tolist() == [0] * 7
+
+
+@pytest.mark.parametrize("name", ["vit32x6x512", "vit16x12x1024"])
+def test_climbing_in_slices_of_launches_finds_the_same_pairs(name, monkeypatch):
+    """Launches climb their ranges in slices (the peak memory of a million-kernel report); slices of 7
+    launches give the pairs of one slice, and those the plain join of calls and containing ranges gives."""
+    import nsysan
+    from nsysan import attribution
+
+    path = next(p for p in nsysan.sample_paths() if p.stem == f"pipeline_gpu0_numa0_{name}")
+    with nsysan.open(path) as report:
+        calls, nesting = attribution.launches(report), attribution.range_nesting(report)
+        whole = attribution.launch_ranges(calls, nesting).sort("range_id", "launch")
+        monkeypatch.setattr(attribution, "CLIMB_SLICE", 7)
+        sliced = attribution.launch_ranges(calls, nesting).sort("range_id", "launch")
+    expected = (calls.with_row_index("launch").join(nesting, on="global_tid")
+                .filter((pl.col("start_ns") <= pl.col("call_start")) & (pl.col("end_ns") >= pl.col("call_end")))
+                .select("range_id", pl.col("launch").cast(pl.UInt32)).sort("range_id", "launch"))
+    assert calls.height > 7 * 10 and whole.height > calls.height
+    assert sliced.rows() == whole.rows() == expected.rows()
