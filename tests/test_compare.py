@@ -286,3 +286,15 @@ def test_reports_without_gpu_work(tmp_path):
     result = compare_samples(tagged_observations(tmp_path, Selection(exclude_within=())), by=["report"])
     assert set(result["metric"]) == {"range_ms", "throughput_per_s"}
     assert set(result.filter(pl.col("report") == "b")["verdict"]) == {"no clear change"}
+
+
+def test_a_baseline_of_none_matches_only_runs_without_the_key():
+    """baseline={"variant": None} (from the API; the CLI's "variant=" is the same) picks the run without a
+    variant, never one that has a variant, wherever that group comes in the order of groups."""
+    from nsysan.analyses.compare import _baseline_group
+
+    groups = [("vit", "pageable"), ("vit", None), ("vit", "compiled")]
+    for group in groups:
+        assert _baseline_group(group, ["model", "variant"], {"variant": None}, groups) == ("vit", None)
+        assert _baseline_group(group, ["model", "variant"], {"variant": "none"}, groups) == ("vit", None)
+    assert _baseline_group(("vit", "pageable"), ["model", "variant"], {"variant": None}, groups[:1]) is None

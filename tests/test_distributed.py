@@ -202,6 +202,31 @@ def test_comm_per_rank_and_collective_equals_an_independent_union():
     assert frame.filter((pl.col("rank") == 0) & (pl.col("collective") == "AllReduce"))["calls"].item() == 60
 
 
+def _clipped(spans, window) -> list[tuple[int, int]]:
+    return [(max(s, ws), min(e, we)) for s, e in spans for ws, we in window if min(e, we) > max(s, ws)]
+
+
+def test_comm_per_stage_is_the_communication_inside_that_stages_instances():
+    """by_stage: each rank's backward instances (outside warm-up) are the window; calls are the NCCL kernels
+    overlapping it, times are unions clipped to it."""
+    frame = nsysan.comm(DDP, by_stage=True).frame
+    assert {"forward", "backward", "optimizer", "step_*"} <= set(frame["stage"])
+    for rank, pid in enumerate(PIDS):
+        warmups = warm(pid)
+        window = [(s, e) for s, e in ranges(pid, "backward") if not inside(s, warmups)]
+        assert len(window) == 20
+        mine = [(s, e) for s, e, _ in nccl(pid)]
+        compute = [(s, e) for s, e, n in kernels(device=rank) if not n.startswith("ncclDevKernel_")]
+        row = frame.filter((pl.col("rank") == rank) & (pl.col("stage") == "backward")
+                           & (pl.col("collective") == "all")).row(0, named=True)
+        comm, busy = _clipped(mine, window), _clipped(compute, window)
+        assert row["calls"] == sum(1 for s, e in mine if any(s < we and e > ws for ws, we in window))
+        assert row["comm_ms"] == pytest.approx(union(comm) / 1e6, abs=1e-9) and row["comm_ms"] > 0
+        assert row["compute_ms"] == pytest.approx(union(busy) / 1e6, abs=1e-9)
+        assert row["overlap_ms"] == pytest.approx(overlap(comm, busy) / 1e6, abs=1e-9)
+        assert row["exposed_comm_ms"] == pytest.approx((union(comm) - overlap(comm, busy)) / 1e6, abs=1e-9)
+
+
 def _matched_calls():
     """Rank 0's k-th and rank 1's k-th NCCL kernel are the same call (one NCCL stream per rank here)."""
     a, b = nccl(648), nccl(649)
@@ -292,3 +317,20 @@ def test_peer_to_peer_bandwidth_by_source_and_destination_device(tmp_path):
     # GPU 0 -> 1: 10 MB in 2 x 500 ns of copy time = 10,000 B/ns (GB/s); 1 -> 0: 2 MB in 500 ns.
     assert got == {(0, 1): ("Peer-to-Peer", 10_000_000, pytest.approx(10_000_000 / 1000)),
                    (1, 0): ("Peer-to-Peer", 2_000_000, pytest.approx(2_000_000 / 500))}
+
+
+def test_comm_without_nvtx_ranges_counts_every_nccl_kernel(tmp_path):
+    """An export without NVTX ranges has no steps and no warm-up to leave out: every NCCL kernel counts."""
+    import shutil
+
+    path = tmp_path / DDP.name
+    shutil.copy(DDP, path)
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TABLE NVTX_EVENTS")
+    frame = nsysan.comm(path).frame
+    everything = sql("SELECT (k.globalPid >> 24) & 16777215, count(*) FROM CUPTI_ACTIVITY_KIND_KERNEL k "
+                     "JOIN StringIds s ON s.id = k.shortName WHERE s.value LIKE 'ncclDevKernel%' GROUP BY 1 ORDER BY 1")
+    got = frame.filter(pl.col("collective") == "all").sort("rank").select("calls").to_series().to_list()
+    assert got == [n for _, n in everything] and got[0] > len(nccl(PIDS[0]))
+    calls = nsysan.collective_calls(path).frame
+    assert calls["step"].is_null().all() and calls.height == sum(got)

@@ -516,3 +516,20 @@ def test_summary_columns_and_kernel_order_on_ties(tmp_path):
         *[f"{prefix}_{s}" for prefix in ("range_ms", "gpu_proj_ms", "gpu_busy_ms")
           for s in ("mean", "p50", "p95", "p99", "min", "max", "std")]]
     assert summary.select("report", "range").rows() == [("a", "step"), ("b", "step")]
+
+
+def test_ranges_whose_gpu_work_other_threads_launched_are_named_once_and_a_process_without_calls_is_not(tmp_path):
+    """The note that suggests attribution='process': fwd's own thread launched nothing while another thread of
+    its process launched a kernel inside it; "idle" runs in a process that made no CUDA call at all."""
+    b = ExportBuilder()
+    b.range("fwd", 0, 1000, pid=100, tid=101)
+    b.launch(102, 100, 110, 200, 300, pid=100)
+    b.range("idle", 0, 1000, pid=200, tid=201)
+    path = b.write(tmp_path / "foreign.sqlite")
+    result = nsysan.latency_trace(path)
+    assert result.ok, result.failures
+    named = [n for n in result.notes if "same-thread rule" in n]
+    assert len(named) == 1 and f"{path}: fwd:" in named[0] and "idle" not in named[0], result.notes
+    assert "launched 1 GPU op(s)" in named[0]
+    process = nsysan.latency_trace(path, attribution="process").frame
+    assert process.filter(pl.col("range") == "fwd")["gpu_proj_ns"].to_list() == [100]

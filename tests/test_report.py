@@ -316,7 +316,7 @@ def test_the_report_process_never_imports_matplotlib(tmp_path):
     import sys
 
     code = ("import sys, nsysan; from nsysan.report import build_report, render_html; "
-            f"page = build_report(nsysan.sample_paths()[:2], workers=1); render_html(page); "
+            "page = build_report(nsysan.sample_paths()[:2], workers=1); render_html(page); "
             "assert page.figures; print(sorted(m for m in ('matplotlib', 'seaborn', 'pandas', 'pyarrow') "
             "if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

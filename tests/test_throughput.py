@@ -270,3 +270,15 @@ def test_several_batches_without_a_report_column(tmp_path):
     unknown = throughput_summary(batches, by=())
     assert unknown["batch_size_source"].to_list() == [None]
     assert unknown.schema["batch_size_source"] == pl.String and unknown.schema["batch_size"] == pl.Int64
+
+
+def test_a_window_of_zero_length_has_no_rate(tmp_path):
+    """One measured batch that starts and ends at the same instant: no window to divide by, so no rate (not
+    an infinite one)."""
+    b = ExportBuilder()
+    b.range("batch_0", 100, 100)
+    path = b.write(tmp_path / "pipeline_gpu0_numa0_vit1x1x1.sqlite")
+    path.with_name(path.stem + ".meta.json").write_text(json.dumps({"batch_size": 4}))
+    r = only_row(nsysan.throughput(path))
+    assert (r["batches"], r["samples"], r["window_ns"]) == (1, 4, 0)
+    assert r["samples_per_s"] is None and r["batches_per_s"] is None

@@ -139,7 +139,9 @@ def test_top_kernels(tmp_path):
     with nsysan.open(pipeline(tmp_path)) as report:
         parts = gpu_utilization(report, window="forward")
     top = top_kernels(parts.with_columns(report=pl.lit("r")), top=0)
-    # forward: gemm 250 ns (2), relu 14 ns (2); kernel busy 214.
+    # forward: gemm 250 ns (2), relu 14 ns (2); kernel busy 214. Each window lists its kernels most time first.
+    assert parts["kernel_times"].to_list() == [[{"name": "gemm", "instances": 2, "time_ns": 250},
+                                                 {"name": "relu", "instances": 2, "time_ns": 14}]]
     assert top.select("name", "instances", "time_ns").rows() == [("gemm", 2, 250), ("relu", 2, 14)]
     assert top["busy_share_pct"].to_list() == pytest.approx([100 * 250 / 214, 100 * 14 / 214])
 
@@ -279,3 +281,10 @@ def test_top_kernels_keeps_ten_by_default_and_cuts_ties_by_name():
     assert top["name"].to_list() == [f"x{i:02d}" for i in range(10)]
     assert top_kernels(parts, by=["model"], top=3)["name"].to_list() == ["x00", "x01", "x02"]
     assert top_kernels(parts, by=["model"], top=0).height == 12
+
+
+def test_top_kernels_of_a_window_without_kernels_is_an_empty_frame_with_its_columns():
+    top = top_kernels(_parts([("a", 0, [])]), by=["model"])
+    assert top.is_empty()
+    assert top.schema == pl.Schema({"model": pl.String, "device_id": pl.Int64, "name": pl.String,
+                                    "instances": pl.Int64, "time_ns": pl.Int64, "busy_share_pct": pl.Float64})

@@ -496,6 +496,11 @@ def test_min_instances_is_the_fewest_that_get_an_interval(pair, min_instances, t
     assert (set(remote["verdict"]) == {"too few instances"}) is too_few
     assert remote["ci_low"].is_null().all() is too_few
     assert remote["ratio"].is_not_null().all()
+    local, far = _expected(LOCAL), _expected(REMOTE)
+    for r in remote.iter_rows(named=True):  # with an interval or without, the change is the ratio's
+        key = (r["stage"], r["metric"], r["statistic"])
+        if key in far:
+            assert r["change_pct"] == pytest.approx(100 * (far[key] / local[key] - 1), rel=1e-9, abs=1e-9), key
 
 
 # -- kernels: shares within each report ---------------------------------------------------------------------------------
@@ -533,3 +538,21 @@ def test_numa_heatmap_values_and_direction(pair):
     for stage in ("batch_*", "h2d"):
         k = (stage, "range_ms", "p95")
         assert times[stage].item() == pytest.approx(100 * (remote[k] / local[k] - 1), rel=1e-9)
+
+
+def test_numa_penalty_without_pair_keys_and_with_nodes_named_by_text(pair):
+    """Runs that differ in nothing but the node (no pair keys at all) still carry where the local node came from;
+    nodes named by text are ordered as numbers (node 2 before node 10)."""
+    from nsysan.analyses.compare import SAMPLE_COLUMNS
+
+    bare = pair.select(*SAMPLE_COLUMNS, "report", "numa")
+    keyed, plain = numa_penalty(pair, settings=Settings(resamples=200)), numa_penalty(bare, settings=Settings(resamples=200))
+    assert plain["local_basis"].to_list() == keyed["local_basis"].to_list() and plain["local_basis"][0]
+    assert plain.select("local_numa", "remote_numa", "local_value", "remote_value").rows() == \
+        keyed.select("local_numa", "remote_numa", "local_value", "remote_value").rows()
+    remote = bare.filter(pl.col("numa") == 1)
+    three = pl.concat([bare.filter(pl.col("numa") == 0),
+                       remote.with_columns(numa=pl.lit(10, pl.Int64), report=pl.lit("r10")),
+                       remote.with_columns(numa=pl.lit(2, pl.Int64), report=pl.lit("r2"))], how="vertical_relaxed").with_columns(pl.col("numa").cast(pl.String))
+    penalty = numa_penalty(three, settings=Settings(resamples=200))
+    assert penalty["remote_numa"].unique(maintain_order=True).to_list() == ["2", "10"]
