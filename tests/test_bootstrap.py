@@ -337,3 +337,21 @@ def test_verdict_at_the_thresholds(low, high, min_effect, expected):
     # The same interval for a rate: the verdicts swap, never "no change" into a change.
     swapped = {"slower": "faster", "faster": "slower"}.get(expected, expected)
     assert verdict(low, high, min_effect=min_effect, higher_is_better=True) == swapped
+
+
+@pytest.mark.parametrize(("statistic", "expected"), [("mean", 2.5), ("median", 2.5), ("p100", 4.0), ("p50", 2.5),
+                                                     ("rate", 1 / 2.5)])
+def test_reducers_reduce_the_last_axis_of_a_plain_array_too(statistic, expected):
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert reducer(statistic)(values) == pytest.approx(expected)
+    assert reducer(statistic)(np.stack([values, values])).tolist() == pytest.approx([expected, expected])
+
+
+def test_a_ratio_whose_every_resample_is_zero_over_zero_has_no_interval():
+    """The whole baseline's maximum is 1, but a resample that misses the one 1 has a maximum of 0, as every
+    resample of the other run does: 0 / 0, dropped. With one resample that misses it, no interval is left."""
+    baseline, other = [0.0] * 9 + [1.0], [0.0] * 10
+    seed = next(s for s in range(100) if 9 not in np.random.default_rng(s).integers(0, 10, size=(1, 10)))
+    ci = ratio_ci(baseline, other, statistic="p100", resamples=1, seed=seed)
+    assert (ci.estimate, ci.n_baseline, ci.n_other, ci.confidence, ci.resamples) == (0.0, 10, 10, 0.95, 1)
+    assert math.isnan(ci.ci_low) and math.isnan(ci.ci_high)

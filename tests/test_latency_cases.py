@@ -533,3 +533,23 @@ def test_ranges_whose_gpu_work_other_threads_launched_are_named_once_and_a_proce
     assert "launched 1 GPU op(s)" in named[0]
     process = nsysan.latency_trace(path, attribution="process").frame
     assert process.filter(pl.col("range") == "fwd")["gpu_proj_ns"].to_list() == [100]
+
+
+def test_ranges_with_identical_bounds_both_count_the_op_launched_inside(tmp_path):
+    """Two ranges opened and closed at the same instants nest (the earlier contains the later): the op launched
+    inside counts for both, whichever of them the as-of join lands on."""
+    b = ExportBuilder()
+    b.range("outer", 0, 100)
+    b.range("inner", 0, 100)
+    b.launch(MAIN_TID, 10, 20, 30, 40)
+    trace = trace_of(b, tmp_path)
+    assert trace.sort("range_id").select("range", "level", "gpu_ops", "gpu_proj_ns").rows() == [
+        ("outer", 0, 1, 10), ("inner", 1, 1, 10)]
+
+
+def test_a_capture_without_cuda_trace_keeps_the_gpu_columns_typed(tmp_path):
+    b = ExportBuilder()
+    b.range("batch_0", 0, 100)
+    trace = trace_of(b, tmp_path)
+    assert trace.schema["gpu_proj_start_ns"] == trace.schema["gpu_proj_ns"] == pl.Int64
+    assert trace["gpu_proj_ns"].to_list() == [None] and trace["gpu_ops"].to_list() == [0]

@@ -104,3 +104,19 @@ def test_everything_keeps_every_instance_with_its_recorded_name():
         (), 0, False, ("batch_*", "step_*"))
     assert Selection.everything(batches="step_*").batches == ("step_*",)
     assert everything.describe() == "all instances"
+
+
+def test_instances_of_several_reports_are_selected_per_report():
+    """Range ids repeat across reports: a warm-up range of one report says nothing about the same id in
+    another, and each report skips its own first instances."""
+    def trace(report: str, names: list[str]) -> pl.DataFrame:
+        return pl.DataFrame({"report": report, "range_id": list(range(len(names))), "range": names,
+                             "style": "push/pop", "parent_id": [None] * len(names), "pid": 1,
+                             "start_ns": [100 * i for i in range(len(names))]},
+                            schema_overrides={"parent_id": pl.Int64})
+    both = pl.concat([trace("a", ["warmup_0", "step", "step"]), trace("b", ["step", "step", "step"])])
+    kept = select_instances(both, Selection(exclude_within=("warmup_*",)))
+    assert kept.sort("report", "range_id").select("report", "range_id").rows() == [
+        ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+    skipped = select_instances(both, Selection(exclude_within=("warmup_*",), skip_first=1))
+    assert skipped.sort("report", "range_id").select("report", "range_id").rows() == [("a", 2), ("b", 1), ("b", 2)]

@@ -288,3 +288,12 @@ def test_top_kernels_of_a_window_without_kernels_is_an_empty_frame_with_its_colu
     assert top.is_empty()
     assert top.schema == pl.Schema({"model": pl.String, "device_id": pl.Int64, "name": pl.String,
                                     "instances": pl.Int64, "time_ns": pl.Int64, "busy_share_pct": pl.Float64})
+
+
+def test_a_capture_without_gpu_ops_says_what_to_capture(tmp_path):
+    b = ExportBuilder()
+    b.range("batch_0", 0, 100)
+    result = nsysan.utilization(b.write(tmp_path / "nvtx_only.sqlite"))
+    assert not result.ok and result.frame.is_empty()
+    assert result.failures[0].reason.endswith("no CUDA kernels: profile with -t cuda (and check the program "
+                                              "launched kernels) (needed for GPU utilization)")

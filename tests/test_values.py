@@ -556,3 +556,14 @@ def test_numa_penalty_without_pair_keys_and_with_nodes_named_by_text(pair):
                        remote.with_columns(numa=pl.lit(2, pl.Int64), report=pl.lit("r2"))], how="vertical_relaxed").with_columns(pl.col("numa").cast(pl.String))
     penalty = numa_penalty(three, settings=Settings(resamples=200))
     assert penalty["remote_numa"].unique(maintain_order=True).to_list() == ["2", "10"]
+
+
+def test_numa_pair_groups_without_a_sensitivity_come_last(pair):
+    """A pair group whose range times are all 0 has no CPU-time penalty, so no sensitivity: it is listed after
+    every group that has one, whatever its name."""
+    zero = pair.with_columns(model=pl.lit("a_zero"), report=pl.col("report") + "_zero",
+                             value=pl.when(pl.col("metric") == "range_ns").then(0.0).otherwise(pl.col("value")))
+    both = pl.concat([pair.with_columns(model=pl.lit("b_timed")), zero], how="vertical_relaxed")
+    penalty = numa_penalty(both, settings=Settings(resamples=200))
+    assert penalty["model"].unique(maintain_order=True).to_list() == ["b_timed", "a_zero"]
+    assert penalty.filter(pl.col("model") == "a_zero")["sensitivity_pct"].is_null().all()
