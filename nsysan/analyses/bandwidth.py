@@ -53,7 +53,7 @@ def copy_trace(report: Report, *, include_memset: bool = True, by_stage: bool = 
         names = range_names(report).select(stage_range_id="range_id", stage="name")
         stages = op_stages(report).join(names, on="stage_range_id", how="left")
         copies = copies.join(stages, on=["global_pid", "correlation_id"], how="left")
-    return copies.sort("start_ns", "end_ns")
+    return copies.with_columns(pid=(pl.col("global_pid") // (1 << 24)) % (1 << 24)).sort("start_ns", "end_ns")
 
 
 @derived  # a report's bandwidth, copy sizes, comparisons and NUMA pairs read the same copies
@@ -63,7 +63,6 @@ def _kept_copies(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame
         is_async=pl.col("api").str.contains("(?i)async"),
         pageable=(pl.col("src_kind").str.contains("(?i)pageable").fill_null(False)
                   | pl.col("dst_kind").str.contains("(?i)pageable").fill_null(False)),
-        pid=(pl.col("global_pid") // (1 << 24)) % (1 << 24),
     ).drop("global_tid")
 
 

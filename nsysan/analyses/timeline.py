@@ -123,8 +123,8 @@ def _window(report: Report, window: Window, select: Selection,
     start, cpu_end = int(picked["start_ns"].min()), int(picked["end_ns"].max())
     # The instances go in as literal integers: registering a frame, or passing lists as parameters, makes DuckDB
     # import pyarrow.dataset or pandas (a third of a second).
-    rows = ", ".join(f"({int(t)}, {int(a)}, {int(b)})" for t, a, b in picked.select("global_tid", "start_ns", "end_ns")
-                     .iter_rows())
+    rows = ", ".join(f"({int(tid)}, {int(begin)}, {int(end)})"
+                     for tid, begin, end in picked.select("global_tid", "start_ns", "end_ns").iter_rows())
     gpu_end = report.sql(
         f"WITH i(global_tid, start_ns, end_ns) AS (VALUES {rows}) SELECT max(o.end_ns) FROM i "
         "JOIN raw.CUPTI_ACTIVITY_KIND_RUNTIME AS r ON r.globalTid = i.global_tid AND r.start >= i.start_ns "
