@@ -200,6 +200,7 @@ def test_comm_per_rank_and_collective_equals_an_independent_union():
             assert row["overlap_ms"] == pytest.approx(overlap(calls, compute) / 1e6, abs=1e-9)
             assert row["exposed_comm_ms"] == pytest.approx((union(calls) - overlap(calls, compute)) / 1e6, abs=1e-9)
     assert frame.filter((pl.col("rank") == 0) & (pl.col("collective") == "AllReduce"))["calls"].item() == 60
+    assert frame.group_by("rank").agg(pl.col("device_id").unique()).sort("rank").rows() == [(0, [0]), (1, [1])]
 
 
 def _clipped(spans, window) -> list[tuple[int, int]]:

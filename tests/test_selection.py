@@ -120,3 +120,11 @@ def test_instances_of_several_reports_are_selected_per_report():
         ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
     skipped = select_instances(both, Selection(exclude_within=("warmup_*",), skip_first=1))
     assert skipped.sort("report", "range_id").select("report", "range_id").rows() == [("a", 2), ("b", 1), ("b", 2)]
+
+
+def test_measured_batches_of_two_processes_come_in_start_order():
+    """Range ids follow the order ranges ended in: rank 1's batch ended first but started later."""
+    trace = pl.DataFrame({"range_id": [0, 1], "range": ["batch_0", "batch_0"], "style": "push/pop",
+                          "parent_id": [None, None], "pid": [2, 1], "start_ns": [10, 0], "level": [0, 0]},
+                         schema_overrides={"parent_id": pl.Int64})
+    assert measured_batches(trace, Selection(exclude_within=())).select("pid", "start_ns").rows() == [(1, 0), (2, 10)]

@@ -471,6 +471,7 @@ def test_compare_values_and_baseline_values_equal_the_hand_computation(pair):
         assert (r["n"], r["baseline_n"]) == (6, 6)
         assert base_rows[key]["value"] == base_rows[key]["baseline_value"] == pytest.approx(local[key], rel=1e-12)
         assert base_rows[key]["verdict"] == "baseline"
+        assert (base_rows[key]["ratio"], base_rows[key]["change_pct"]) == (1.0, 0.0)
 
 
 def test_numa_local_and_remote_values_equal_the_hand_computation(pair):
@@ -567,3 +568,24 @@ def test_numa_pair_groups_without_a_sensitivity_come_last(pair):
     penalty = numa_penalty(both, settings=Settings(resamples=200))
     assert penalty["model"].unique(maintain_order=True).to_list() == ["b_timed", "a_zero"]
     assert penalty.filter(pl.col("model") == "a_zero")["sensitivity_pct"].is_null().all()
+
+
+def test_bandwidth_of_nested_copies_zero_length_copies_and_zero_bytes(tmp_path):
+    """H2D: a 1 MB copy [0, 100) holding another 1 MB copy [20, 30) and a 1 MB copy of no duration at 200: the
+    union is 100 ns, the summed time 110 ns, and the per-copy rates leave the zero-length copy out. Memsets of
+    0 B: no bytes at all, so none of them are tiny bytes."""
+    b = ExportBuilder()
+    for i, (start, end) in enumerate([(0, 100), (20, 30), (200, 200)]):
+        cid = b.call(MAIN_TID, i, i + 1, api="cudaMemcpyAsync")
+        b.op(cid, 1000 + start, 1000 + end, kind="memcpy", nbytes=1_000_000)
+    for i in range(2):
+        cid = b.call(MAIN_TID, 10 + i, 11 + i, api="cudaMemsetAsync")
+        b.op(cid, 2000 + 10 * i, 2005 + 10 * i, kind="memset", nbytes=0)
+    frame = nsysan.bandwidth(b.write(tmp_path / "nested.sqlite"), select=EVERYTHING).frame
+    h2d = frame.filter(pl.col("direction") == "Host-to-Device").row(0, named=True)
+    assert (h2d["copies"], h2d["bytes_total"], h2d["time_total_ns"], h2d["time_union_ns"]) == (3, 3_000_000, 110, 100)
+    assert h2d["bandwidth_union_gbps"] == pytest.approx(3_000_000 / 100)
+    assert (h2d["copy_gbps_min"], h2d["copy_gbps_max"]) == pytest.approx((1_000_000 / 100, 1_000_000 / 10))
+    memset = frame.filter(pl.col("direction") == "Memset").row(0, named=True)
+    assert (memset["copies"], memset["bytes_total"], memset["tiny_copies"]) == (2, 0, 2)
+    assert memset["tiny_bytes_pct"] == 0.0 and memset["bandwidth_gbps"] == 0.0
