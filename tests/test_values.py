@@ -19,7 +19,7 @@ import polars as pl
 import pytest
 
 import nsysan
-from builders import MAIN_TID, ExportBuilder
+from builders import MAIN_PID, MAIN_TID, ExportBuilder
 from support import Lazy
 from nsysan.analyses.bandwidth import bandwidth_summary, copy_trace
 from nsysan.analyses.compare import Settings, compare_groups, stage_observations
@@ -581,7 +581,10 @@ def test_bandwidth_of_nested_copies_zero_length_copies_and_zero_bytes(tmp_path):
     for i in range(2):
         cid = b.call(MAIN_TID, 10 + i, 11 + i, api="cudaMemsetAsync")
         b.op(cid, 2000 + 10 * i, 2005 + 10 * i, kind="memset", nbytes=0)
-    frame = nsysan.bandwidth(b.write(tmp_path / "nested.sqlite"), select=EVERYTHING).frame
+    path = b.write(tmp_path / "nested.sqlite")
+    with nsysan.open(path) as report:
+        assert set(copy_trace(report, select=EVERYTHING)["pid"]) == {MAIN_PID}
+    frame = nsysan.bandwidth(path, select=EVERYTHING).frame
     h2d = frame.filter(pl.col("direction") == "Host-to-Device").row(0, named=True)
     assert (h2d["copies"], h2d["bytes_total"], h2d["time_total_ns"], h2d["time_union_ns"]) == (3, 3_000_000, 110, 100)
     assert h2d["bandwidth_union_gbps"] == pytest.approx(3_000_000 / 100)
