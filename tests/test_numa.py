@@ -246,8 +246,10 @@ def test_the_recorded_local_node_decides_the_direction(samples):
 
 
 def test_single_numa_node_says_so_plainly(samples):
-    with pytest.raises(NumaNotComparable, match="only one NUMA node: all 2 report"):
+    with pytest.raises(NumaNotComparable, match=r"only one NUMA node: all 2 report\(s\) ran on NUMA node 0, so"):
         numa_penalty(samples.filter(pl.col("numa") == 0))
+    with pytest.raises(NumaNotComparable, match=r"ran on no known NUMA node"):
+        numa_penalty(samples.filter(pl.col("numa") == 0).with_columns(numa=pl.lit(None, pl.Int64)))
 
 
 def test_single_node_cli_prints_the_sentence_not_a_table():

@@ -592,3 +592,38 @@ def test_bandwidth_of_nested_copies_zero_length_copies_and_zero_bytes(tmp_path):
     memset = frame.filter(pl.col("direction") == "Memset").row(0, named=True)
     assert (memset["copies"], memset["bytes_total"], memset["tiny_copies"]) == (2, 0, 2)
     assert memset["tiny_bytes_pct"] == 0.0 and memset["bandwidth_gbps"] == 0.0
+
+
+def test_bandwidth_of_an_export_with_memsets_only(tmp_path):
+    b = ExportBuilder()
+    cid = b.call(MAIN_TID, 0, 1, api="cudaMemsetAsync")
+    b.op(cid, 100, 150, kind="memset", nbytes=5000)
+    frame = nsysan.bandwidth(b.write(tmp_path / "memset_only.sqlite"), select=EVERYTHING).frame
+    assert frame.select("direction", "copies", "bytes_total", "time_total_ns").rows() == [("Memset", 1, 5000, 50)]
+
+
+def test_stage_observations_without_copies_keep_their_columns_typed(tmp_path):
+    b = ExportBuilder()
+    b.range("batch_0", 0, 100)
+    b.launch(MAIN_TID, 10, 20, 30, 40)
+    with nsysan.open(b.write(tmp_path / "kernels_only.sqlite")) as report:
+        observed = stage_observations(report, select=EVERYTHING)
+    assert observed.schema["direction"] == pl.String and observed["direction"].is_null().all()
+    assert set(observed["metric"]) == {"range_ns", "gpu_proj_ns", "gpu_busy_ns", "cycle_ns"}
+
+
+def test_utilization_of_a_range_window_follows_the_selection(tmp_path):
+    """The instances of a range window are those the selection keeps: the warm-up's forward counts only when
+    every instance is asked for."""
+    b = ExportBuilder()
+    b.range("warmup_0", 0, 100)
+    b.range("forward", 10, 90)
+    b.range("batch_1", 200, 300)
+    b.range("forward", 210, 290)
+    b.launch(MAIN_TID, 20, 25, 30, 60)
+    b.launch(MAIN_TID, 220, 225, 230, 250)
+    path = b.write(tmp_path / "windows.sqlite")
+    default = nsysan.utilization(path, window="forward").frame.row(0, named=True)
+    everything = nsysan.utilization(path, window="forward", select=EVERYTHING).frame.row(0, named=True)
+    assert (default["window_ns"], default["kernel_busy_ns"]) == (80, 20)
+    assert (everything["window_ns"], everything["kernel_busy_ns"]) == (160, 50)
