@@ -189,6 +189,7 @@ def _reference_ci(baseline, other, *, statistic, confidence, resamples, seed, bl
     ("mean", "auto", 0.95, 30, 41),
     ("p95", 4, 0.99, 25, 25),
     ("mean", 7, 0.90, 20, 9),  # a block longer than n / 3, and a last block cut short
+    ("mean", 2, 0.95, 12, 10),  # the shortest block that is not a single value
     ("weighted_mean", 1, 0.95, 15, 12),
 ])
 def test_interval_equals_a_reference_implementation_with_the_same_draws(statistic, block, confidence, n_a, n_b):
