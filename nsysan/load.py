@@ -354,10 +354,6 @@ class Report:
             raise ValueError(f"unknown table {name!r}; choose from {', '.join(TIDY_VIEWS)}")
         return self.frame(f"SELECT * FROM {name}")
 
-    def register(self, name: str, frame: pl.DataFrame) -> None:
-        """Make a DataFrame queryable by name in :meth:`sql` (used by analyses for intermediate tables)."""
-        self._con.register(name, frame)
-
     def close(self) -> None:
         self._derived.clear()
         self._close()

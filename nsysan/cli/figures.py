@@ -104,7 +104,7 @@ def _scaling(r: Request) -> tuple[Any, Any]:
         return None, result
     x = r.x
     if x is None:
-        from nsysan.report.sections import scaling_axis
+        from nsysan.plots.frames import scaling_axis
 
         x = scaling_axis(result.frame) or "depth"
     return plots.scaling(result.frame, rate.frame if not rate.frame.is_empty() else None, x=x), result

@@ -1,7 +1,8 @@
 """The re-arrangements of analysis frames that the figures draw and no analysis returns, in polars only (no
 matplotlib): the report computes them in its own process while workers draw.
 
-* :func:`model_shape`: ``patch``, ``depth``, ``dim`` parsed from ``model`` (and ``patches`` from ``resolution``);
+* :func:`model_shape`: ``patch``, ``depth``, ``dim`` parsed from ``model`` (and ``patches`` from ``resolution``),
+  and :func:`scaling_axis`, the shape key along which a scaling figure has enough points;
 * :func:`transfer_share`: transfer vs compute GPU time per group, from stage means already in a latency frame;
 * :func:`busy_breakdown`: the utilization summary's overlapping shares as three that add up to 100 %
   (kernel busy time includes time copies ran too).
@@ -49,6 +50,20 @@ def model_shape(frame: pl.DataFrame, *, model: str = "model", resolution: str = 
     return out
 
 
+def scaling_axis(latency: pl.DataFrame) -> str | None:
+    """The model-shape key a scaling figure can use: one along which some series (models equal in the other
+    shape keys and variant) has at least three points."""
+    if "model" not in latency.columns:
+        return None
+    models = latency.select("model", *(["variant"] if "variant" in latency.columns else [])).unique()
+    shapes = model_shape(models).filter(pl.col("depth").is_not_null(), pl.col("patch") > 0)
+    for x in ("depth", "dim", "patch"):
+        others = [k for k in ("patch", "depth", "dim", "variant") if k != x and k in shapes.columns]
+        if not shapes.is_empty() and shapes.group_by(others).agg(pl.col(x).n_unique())[x].max() >= 3:
+            return x
+    return None
+
+
 def transfer_share(latency: pl.DataFrame, *, time: str = "gpu_proj_ms", transfer: Sequence[str] = TRANSFER_STAGES,
                    compute: Sequence[str] = COMPUTE_STAGES) -> pl.DataFrame:
     """Per group of the latency summary (its keys: the columns before ``range``): ``transfer_ms`` = the sum of
@@ -81,4 +96,4 @@ def busy_breakdown(summary: pl.DataFrame) -> pl.DataFrame:
 
 
 __all__ = ["COMPUTE_STAGES", "SHAPE_KEYS", "TRANSFER_STAGES", "busy_breakdown", "key_columns", "model_shape",
-           "require_columns", "transfer_share"]
+           "require_columns", "scaling_axis", "transfer_share"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from nsysan.plots.frames import model_shape, transfer_share
+from nsysan.plots.frames import scaling_axis, transfer_share
 from nsysan.report import findings as F
 from nsysan.report.data import Analyses
 from nsysan.report.figures import Figures
@@ -115,20 +115,6 @@ def stages_section(found: Analyses, draw: Figures) -> Section:
 
 
 # -- Throughput and scaling ----------------------------------------------------------------------------------------------
-def scaling_axis(latency: pl.DataFrame) -> str | None:
-    """The model-shape key a scaling figure can use: one along which some series (models equal in the other
-    shape keys and variant) has at least three points."""
-    if "model" not in latency.columns:
-        return None
-    models = latency.select("model", *(["variant"] if "variant" in latency.columns else [])).unique()
-    shapes = model_shape(models).filter(pl.col("depth").is_not_null(), pl.col("patch") > 0)
-    for x in ("depth", "dim", "patch"):
-        others = [k for k in ("patch", "depth", "dim", "variant") if k != x and k in shapes.columns]
-        if not shapes.is_empty() and shapes.group_by(others).agg(pl.col(x).n_unique())[x].max() >= 3:
-            return x
-    return None
-
-
 def throughput_section(found: Analyses, draw: Figures) -> Section:
     s = Section("throughput", "Throughput and scaling",
                 intro="Samples per second over the measured batches (batch sizes from the run metadata), and how "
