@@ -9,10 +9,10 @@ reachable that way and are matched directly; they are rare.
 """
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from nsysan import intervals, quality
+from nsysan.lazy import numpy as np
 from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, names_matching, warmup_ranges
 from nsysan.sql import query

@@ -14,12 +14,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
+from nsysan.lazy import numpy as np
 
-Statistic = str | Callable[[np.ndarray], np.ndarray]
-Seed = int | Sequence[int] | np.random.Generator
+if TYPE_CHECKING:  # aliases for annotations only: evaluating them would import numpy (nsysan.lazy)
+    Statistic = str | Callable[[np.ndarray], np.ndarray]
+    Seed = int | Sequence[int] | np.random.Generator
 Block = int | Literal["auto"]
 
 #: Resampled values held in memory at once (rows × sample size); larger problems are done in chunks.

@@ -152,12 +152,22 @@ def code_fingerprint() -> str:
 
 def key(path: Path, step: Callable[..., Any]) -> str | None:
     """The entry key of ``step`` on the export ``path``; None when the step cannot be cached."""
+    return keyer(step)(path)
+
+
+def keyer(step: Callable[..., Any]) -> Callable[[Path], str | None]:
+    """:func:`key` for one ``step`` and any export: the step is named once for all the exports of a call."""
     try:
         name = step_name(step)
     except Unnamed:
-        return None
-    text = json.dumps([code_fingerprint(), name, export_identity(path)], default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+        return lambda path: None
+    code = code_fingerprint()
+
+    def key_of(path: Path) -> str:
+        text = json.dumps([code, name, export_identity(path)], default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return key_of
 
 
 # -- entries --------------------------------------------------------------------------------------------------

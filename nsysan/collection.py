@@ -77,9 +77,10 @@ class Collection:
         counts = Counter(names.values())
         clashing = [p for p in self.paths if counts[names[p]] > 1]
         if clashing:
-            root = Path(os.path.commonpath([resolved(p).parent for p in clashing]))
+            real = {path: resolved(path) for path in clashing}
+            root = Path(os.path.commonpath([r.parent for r in real.values()]))
             for path in clashing:
-                names[path] = str(resolved(path).relative_to(root)).removesuffix(".sqlite")
+                names[path] = str(real[path].relative_to(root)).removesuffix(".sqlite")
         return names
 
     @cached_property

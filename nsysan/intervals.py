@@ -13,11 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
 import polars as pl
 
-Spans = tuple[np.ndarray, np.ndarray]
+from nsysan.lazy import numpy as np
+
+if TYPE_CHECKING:  # an alias for annotations only: evaluating it would import numpy (nsysan.lazy)
+    Spans = tuple[np.ndarray, np.ndarray]
 
 
 def _arrays(starts: Sequence[int] | np.ndarray, ends: Sequence[int] | np.ndarray) -> Spans:

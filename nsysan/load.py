@@ -28,13 +28,13 @@ from functools import cache, cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-import duckdb
 import polars as pl
 
 from nsysan import files, quality, schema
 from nsysan.errors import MissingDataError, NotAnExportError
 from nsysan.export_check import check_no_writer as _check_no_writer
 from nsysan.export_check import check_not_truncated as _check_not_truncated
+from nsysan.lazy import duckdb
 from nsysan.metadata import report_stem
 from nsysan.sql import query
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import polars as pl
 
 from nsysan.analyses.bandwidth import copy_trace
@@ -31,6 +30,7 @@ from nsysan.analyses.latency import instances
 from nsysan.bootstrap import NO_CHANGE, ratio_ci, reducer, verdict
 from nsysan.defaults import CONFIDENCE, MIN_EFFECT_PCT, MIN_INSTANCES, RESAMPLES, SEED
 from nsysan.errors import NsysanError
+from nsysan.lazy import numpy as np
 from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, pool_names
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 
-import numpy as np
 import polars as pl
 
 from nsysan.attribution import gather, launch_pairs, launches, range_nesting
 from nsysan.errors import MissingDataError, NsysanWarning
 from nsysan.intervals import union_piece
+from nsysan.lazy import numpy as np
 from nsysan.load import Report, derived
 from nsysan.schema import CAPTURE_HINTS
 from nsysan.selection import DEFAULT, Selection, pool_names, select_instances

@@ -8,12 +8,12 @@ once each. Ops are matched to their launching call by ``correlationId`` within t
 """
 from __future__ import annotations
 
-import numpy as np
 import polars as pl
 
 from nsysan.analyses.kernels import KernelNames
 from nsysan.attribution import range_nesting
 from nsysan.errors import MissingDataError
+from nsysan.lazy import numpy as np
 from nsysan.load import Report
 from nsysan.selection import DEFAULT, Selection, measured_batches
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import polars as pl
 
 from nsysan import intervals
@@ -25,6 +24,7 @@ from nsysan.analyses.kernels import NAME_COLUMN, KernelNames
 from nsysan.analyses.latency import range_trace
 from nsysan.defaults import LAUNCH_BOUND_GAP_PCT, LAUNCH_BOUND_IDLE_PCT, LAUNCH_GAP_NS, SHORT_GAP_NS
 from nsysan.errors import MissingDataError
+from nsysan.lazy import numpy as np
 from nsysan.load import Report, derived
 from nsysan.selection import DEFAULT, Selection, measured_batches, select_instances
 
