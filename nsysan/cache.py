@@ -12,6 +12,10 @@ An entry is found by a key over three things, so that a stale entry is never fou
 * **nsysan itself**: its version and the size and modification time of every module and SQL file, so that
   changed code (a development checkout) never reads the numbers of the old code.
 
+A call over several reports also stores their stacked frame (tagged with each report's name and metadata) as
+one entry whose key is made of the reports' own keys, names and metadata (:mod:`nsysan.engine`): the same
+call again reads one file instead of one per report, and a change to any report changes the stack's key.
+
 Entries are written to a temporary name and renamed, so readers see whole entries or none; an entry that
 cannot be read is deleted and computed again. The folder is kept under a size bound by removing the entries
 used least recently. Settings come from :func:`configure` or the environment:

@@ -241,6 +241,42 @@ def test_a_damaged_entry_is_rebuilt_with_the_same_numbers(corpus, cache_dir):
     assert entry.stat().st_size > 100  # written whole again
 
 
+def test_a_stack_of_reports_is_one_entry_that_follows_each_report(corpus, cache_dir, monkeypatch):
+    """A call on several reports stores their stacked frame too, and a later call on the same reports reads that
+    one entry; a changed export, or a damaged stack entry, sends the call back to the reports' own entries."""
+    import nsysan
+
+    samples = corpus[:3]
+    with cache.disabled():
+        expected = nsysan.latency(samples, by=["model"])
+    cold = nsysan.latency(samples, by=["model"])
+    _same(expected, cold)
+    entries = set(cache_dir.rglob("*.parquet"))
+    assert len(entries) == len(samples) + 1
+
+    read = []
+    real_lookup = cache.lookup
+    monkeypatch.setattr(cache, "lookup", lambda key: read.append(key) or real_lookup(key))
+    _same(expected, nsysan.latency(samples, by=["model"]))
+    assert len(read) == 1  # the stack alone
+    (stack,) = [e for e in entries if e.stem == read[0]]
+
+    stack.write_bytes(b"PAR1 damaged")
+    read.clear()
+    _same(expected, nsysan.latency(samples, by=["model"]))
+    assert len(read) == 1 + len(samples) and stack.stat().st_size > 100  # rebuilt from the reports' entries
+
+    os.utime(samples[1], ns=(samples[1].stat().st_atime_ns, samples[1].stat().st_mtime_ns + 10**9))
+    read.clear()
+    _same(expected, nsysan.latency(samples, by=["model"]))
+    assert len(read) == 1 + len(samples) and stack.stem not in read[1:]  # a new stack key, then each report
+    assert len(set(cache_dir.rglob("*.parquet"))) == len(entries) + 2  # the re-read report and the new stack
+
+    with cache.disabled():
+        one_fewer = nsysan.latency(samples[:2], by=["model"])
+    _same(one_fewer, nsysan.latency(samples[:2], by=["model"]))  # another stack, not the three reports' one
+
+
 def test_no_cache_on_the_command_line_neither_reads_nor_writes(corpus, cache_dir, monkeypatch):
     from typer.testing import CliRunner
 
