@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import nsysan
 from nsysan.lazy import LazyModule
 
@@ -26,14 +28,17 @@ def _imported(stderr: str) -> set[str]:
     return set(line.split()[1:])
 
 
-def test_a_cached_command_imports_no_query_array_or_worker_libraries(tmp_path):
-    export = nsysan.sample_paths()[0]
-    env = {**os.environ, "NSYSAN_CACHE_DIR": str(tmp_path / "cache"), "NSYSAN_JOBS": "2"}
+@pytest.mark.parametrize("reports", ["one", "sweep"])
+def test_a_cached_command_imports_no_query_array_or_worker_libraries(reports, tmp_path):
+    """One report (its own cache entry) and the sample sweep (one entry for the stack of its reports)."""
+    named = [str(nsysan.sample_paths()[0])] if reports == "one" else ["--sample", "--by", "model"]
+    env = {**os.environ, "NSYSAN_CACHE_DIR": str(tmp_path / "cache")}
     env.pop("NSYSAN_NO_CACHE", None)
-    command = [sys.executable, "-c", PROBE, "latency", str(export), "--format", "csv"]
-    cold = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    warm = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-    # The probe sees imports: the cold run read the export with duckdb and attributed ops with numpy.
+    command = [sys.executable, "-c", PROBE, "latency", *named, "--format", "csv"]
+    # Cold in this process (one job), so that the probe is seen to see imports: duckdb read the exports and
+    # numpy attributed their ops. Warm with two jobs: cached reports start no worker either.
+    cold = subprocess.run(command, env={**env, "NSYSAN_JOBS": "1"}, capture_output=True, text=True, check=True)
+    warm = subprocess.run(command, env={**env, "NSYSAN_JOBS": "2"}, capture_output=True, text=True, check=True)
     assert {"numpy", "duckdb"} <= _imported(cold.stderr)
     assert _imported(warm.stderr) == set()
     assert warm.stdout == cold.stdout and warm.stdout.count("\n") > 5

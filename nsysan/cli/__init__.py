@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import gc
 
-# A command allocates ~1 M objects that live until it exits (imported modules, then a row of bookkeeping per
-# report) and few cycles; at the default thresholds the collector scanned them over and over: ~10 % of a
-# cached run. The library leaves the interpreter's settings alone; this is the command's process.
+# A command creates over 2 M container objects (its imports, then bookkeeping per report) and few cycles; at the
+# default thresholds the collector ran ~120 times in a cached sweep, ~0.05 s of its ~0.7 s. The library leaves
+# the interpreter's settings alone: this is the command's own process.
 gc.set_threshold(100_000, 20, 10)
 
 import typer  # noqa: E402 - after the threshold, which the imports are most of the work for
