@@ -14,7 +14,8 @@ An entry is found by a key over three things, so that a stale entry is never fou
 
 A call over several reports also stores their stacked frame (tagged with each report's name and metadata) as
 one entry whose key is made of the reports' own keys, names and metadata (:mod:`nsysan.engine`): the same
-call again reads one file instead of one per report, and a change to any report changes the stack's key.
+call again reads one file instead of one per report, and a change to any report changes the stack's key. A
+stack larger than an eighth of the size bound is not stored (it would evict the entries it duplicates).
 
 Entries are written to a temporary name and renamed, so readers see whole entries or none; an entry that
 cannot be read is deleted and computed again. The folder is kept under a size bound by removing the entries

@@ -40,6 +40,9 @@ from nsysan import cache, parallel, ranks
 from nsysan.files import brief, reason
 from nsysan.load import Report
 
+#: A stack of reports is cached only when its frame is at most this fraction of the cache's size bound.
+STACK_SHARE = 8
+
 Runs = Union[Collection, Report, str, os.PathLike, Iterable[Union[str, os.PathLike, Report]]]
 Progress = Callable[[Path], None] | None
 
@@ -165,7 +168,9 @@ def _stacked(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progre
             frames.append(outcome)
     # One plan for all: tagging and stacking report by report cost a query each (~1 ms: most of a cached sweep).
     frame = pl.concat(frames, how="diagonal_relaxed").collect() if frames else pl.DataFrame()
-    if whole and not failures and frame.width:
+    # A stack that would fill much of the cache (a trace of every instance of a large sweep) would evict the
+    # reports' own entries, which it duplicates: those are kept instead.
+    if whole and not failures and frame.width and frame.estimated_size() <= cache.settings().max_bytes // STACK_SHARE:
         cache.store(whole, frame, notes)
         cache.prune()
     return frame, failures, notes

@@ -277,6 +277,23 @@ def test_a_stack_of_reports_is_one_entry_that_follows_each_report(corpus, cache_
     _same(one_fewer, nsysan.latency(samples[:2], by=["model"]))  # another stack, not the three reports' one
 
 
+def test_a_stack_too_large_for_the_cache_is_not_stored(corpus, cache_dir, monkeypatch):
+    import nsysan
+    from nsysan import engine
+
+    samples = corpus[:3]
+    with cache.disabled():
+        trace = nsysan.latency_trace(samples).frame
+    # A bound whose share is half the stack's size, and which the reports' compressed entries fit far under.
+    monkeypatch.setitem(cache._configured, "max_mb", trace.estimated_size() * engine.STACK_SHARE / 2 / 2**20)
+    nsysan.latency_trace(samples)
+    entries = list(cache_dir.rglob("*.parquet"))
+    assert len(entries) == len(samples) and sum(e.stat().st_size for e in entries) < trace.estimated_size()
+    monkeypatch.setitem(cache._configured, "max_mb", cache.DEFAULT_MAX_MB)
+    nsysan.latency_trace(samples)
+    assert len(list(cache_dir.rglob("*.parquet"))) == len(samples) + 1
+
+
 def test_no_cache_on_the_command_line_neither_reads_nor_writes(corpus, cache_dir, monkeypatch):
     from typer.testing import CliRunner
 
