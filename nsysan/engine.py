@@ -135,6 +135,8 @@ def _pooled_ranks(frame: pl.DataFrame, by: Sequence[str]) -> list[str]:
     """A note when a group pools the ranks (processes) of a distributed report without being asked to."""
     if "rank" not in frame.columns or set(ranks.SEPARATING) & set(by) or "report" not in frame.columns:
         return []
+    if frame["rank"].n_unique() < 2:  # the usual case, found without grouping every row by report
+        return []
     several = frame.group_by("report").agg(pl.col("rank").n_unique().alias("ranks")).filter(pl.col("ranks") > 1)
     if several.is_empty():
         return []
