@@ -57,3 +57,25 @@ def test_a_deferred_module_is_imported_on_first_use_and_then_read_as_an_attribut
         assert "no_such_name" in str(e)
     else:
         raise AssertionError("a missing attribute must raise AttributeError")
+
+
+def test_the_command_leaves_after_its_threads_output_and_atexit_functions(tmp_path):
+    """nsysan.cli ends the process without tearing down the imported modules; what Python does at exit before
+    that teardown must still happen."""
+    probe = f"""
+import atexit, pathlib, sys, threading, time
+atexit.register(lambda: pathlib.Path({str(tmp_path / "atexit")!r}).write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(2.5), pathlib.Path({str(tmp_path / "thread")!r}).write_text("ran"))).start()
+sys.argv = ["nsysan", *sys.argv[1:]]
+from nsysan.cli import main
+main()
+"""
+    env = {**os.environ, "NSYSAN_NO_CACHE": "1"}
+    done = subprocess.run([sys.executable, "-c", probe, "info", "--sample", "--format", "csv"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 + len(nsysan.sample_paths())  # every row, flushed
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "ran"
+    failed = subprocess.run([sys.executable, "-c", probe, "info", str(tmp_path / "none.sqlite")], env=env,
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "none.sqlite" in failed.stderr
