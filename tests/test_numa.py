@@ -245,6 +245,37 @@ def test_the_recorded_local_node_decides_the_direction(samples):
     assert bw["verdict"].item() == "faster"
 
 
+def test_runs_that_disagree_on_the_local_node_are_unpaired_and_said(samples):
+    """Two runs of one group recording different local nodes: no local node is chosen, and the note names both."""
+    one = samples.filter(pl.col("model") == "vit32x6x512")
+    disagreeing = one.with_columns(gpu_numa_node=pl.when(pl.col("numa") == 0).then(3).otherwise(1))
+    layout = numa_pairs(disagreeing)
+    assert set(layout["role"]) == {"unpaired"} and layout["local_numa"].is_null().all()
+    assert set(layout["note"]) == {"runs of this group disagree on gpu_numa_node (1, 3)"}
+
+
+def test_a_recorded_local_node_without_a_run_is_named(samples):
+    one = samples.filter(pl.col("model") == "vit32x6x512").with_columns(gpu_numa_node=pl.lit(7))
+    layout = numa_pairs(one)
+    assert set(layout["role"]) == {"unpaired"}
+    assert set(layout["note"]) == {"no run on the GPU's local NUMA node 7"}
+
+
+def test_the_lowest_node_is_lowest_by_number_then_by_name(samples):
+    """Nodes named in a sidecar as text: "2" comes before "10" (not as strings), and numbers before names."""
+    one = samples.filter(pl.col("model") == "vit32x6x512").drop("gpu_numa_node")
+    for local, remote in (("2", "10"), ("2", "x")):
+        named = one.with_columns(numa=pl.when(pl.col("numa") == 0).then(pl.lit(remote)).otherwise(pl.lit(local)))
+        layout = numa_pairs(named)
+        assert set(layout["local_numa"]) == {local}, (local, remote)
+        assert dict(zip(layout["numa"], layout["role"])) == {local: "local", remote: "remote"}
+
+
+def test_an_unknown_heatmap_metric_lists_those_there_are(penalty):
+    with pytest.raises(nsysan.NsysanError, match=r"choose from .*\bbandwidth_gbps/mean\b.*\brange_ms/p95\b"):
+        numa_heatmap(penalty, metric="no_such_metric")
+
+
 def test_single_numa_node_says_so_plainly(samples):
     with pytest.raises(NumaNotComparable, match=r"only one NUMA node: all 2 report\(s\) ran on NUMA node 0, so"):
         numa_penalty(samples.filter(pl.col("numa") == 0))
