@@ -300,3 +300,21 @@ def test_a_baseline_of_none_matches_only_runs_without_the_key():
     assert _baseline_group(("vit", "pageable"), ["model", "variant"], {"variant": None}, groups[:1]) is None
     # Text matches without case and surrounding blanks: "Pageable " picks the pageable run.
     assert _baseline_group(("vit", None), ["model", "variant"], {"variant": "Pageable "}, groups) == ("vit", "pageable")
+
+
+def test_stage_observations_follow_the_selection_in_ranges_names_and_copies():
+    """Selection.everything() keeps the 5 warm-up batches (their ranges and their copies) and the numbered batch
+    names as recorded; the default leaves the warm-ups out and pools batch_<i> into batch_*."""
+    path = next(p for p in nsysan.sample_paths() if p.name == "pipeline_gpu0_numa0_vit32x6x512.sqlite")
+    with nsysan.open(path) as report:
+        default = stage_observations(report)
+        everything = stage_observations(report, select=Selection.everything())
+
+    def count(frame: pl.DataFrame, stage: str, metric: str) -> int:
+        return frame.filter((pl.col("stage") == stage) & (pl.col("metric") == metric)).height
+
+    assert count(default, "forward", "range_ns") == 30 and count(everything, "forward", "range_ns") == 35
+    assert count(default, "h2d", "bandwidth_gbps") == 30 and count(everything, "h2d", "bandwidth_gbps") == 35
+    assert count(default, "batch_*", "range_ns") == 30 and count(everything, "batch_*", "range_ns") == 0
+    numbered = {s for s in everything["stage"].unique().to_list() if s.startswith("batch_")}
+    assert len(numbered) == 30
