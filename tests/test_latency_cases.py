@@ -203,9 +203,15 @@ def test_call_straddling_the_range_boundary_is_not_inside(tmp_path):
     b.launch(MAIN_TID, 90, 110, 120, 130)  # starts in r, ends after r: not inside
     b.launch(MAIN_TID, 40, 60, 140, 150)  # starts before r: not inside
     b.launch(MAIN_TID, 200, 300, 310, 320)  # exactly the range's bounds: inside (closed interval)
+    # Touching siblings (one ends where the next starts) are matched as crossing ranges: a zero-length call at
+    # that instant lies inside both, as nsys stats nvtx_gpu_proj_sum (2023.4) counts it.
+    b.range("left", 400, 500)
+    b.range("right", 500, 600)
+    b.launch(MAIN_TID, 500, 500, 510, 530)
     trace = trace_of(b, tmp_path)
     assert facts(trace, "r") == (0, None, 50, 0, None, None, 0)
     assert facts(trace, "exact") == (0, None, 100, 1, 310, 10, 10)
+    assert facts(trace, "left") == facts(trace, "right") == (0, None, 100, 1, 510, 20, 20)
 
 
 def test_overlapping_ops_busy_is_the_union(tmp_path):
