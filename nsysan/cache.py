@@ -175,6 +175,12 @@ def keyer(step: Callable[..., Any]) -> Callable[[Path], str | None]:
     return key_of
 
 
+def stack_key(reports: list[list[Any]]) -> str:
+    """The entry key of several reports' stacked frame: ``reports`` holds each report's own entry key, name and
+    metadata, in order (:mod:`nsysan.engine`)."""
+    return hashlib.sha256(json.dumps(["stack", *reports], default=str).encode()).hexdigest()
+
+
 # -- entries --------------------------------------------------------------------------------------------------
 
 def _entry(directory: Path, key: str) -> Path:

@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -183,9 +181,7 @@ def _stack_key(found: Inputs, keys: dict[Path, str | None]) -> str | None:
     collection = found.collection
     if len(keys) < 2 or found.opened or not all(keys.values()):
         return None
-    text = json.dumps(["stack", *([keys[p], collection.names[p], collection.metadata[p]] for p in collection.paths)],
-                      default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return cache.stack_key([[keys[p], collection.names[p], collection.metadata[p]] for p in collection.paths])
 
 
 def _each(found: Inputs, per_report: Callable[[Report], pl.DataFrame], progress: Progress,
