@@ -141,6 +141,83 @@ def test_flags_tiny_copies_dominating_the_count(tmp_path):
     assert row(summary_of(path, tiny_bytes=64), direction="Host-to-Device")["flags"] is None
 
 
+def copies_frame(*rows: tuple) -> pl.DataFrame:
+    """A copy_trace-shaped frame from (report, stage, direction, src_kind, dst_kind, start_ns, duration_ns, bytes,
+    is_async, pageable) rows: the summary is a pure function of it, so edge cases need no export."""
+    keys = ("report", "stage", "direction", "src_kind", "dst_kind", "start_ns", "duration_ns", "bytes", "is_async",
+            "pageable")
+    frame = pl.DataFrame([dict(zip(keys, r)) for r in rows], schema_overrides={"is_async": pl.Boolean}, orient="row")
+    return frame.with_columns(end_ns=pl.col("start_ns") + pl.col("duration_ns"))
+
+
+H2D = ("Host-to-Device", "Pinned", "Device")
+
+
+def test_rates_and_shares_at_their_boundaries():
+    frame = copies_frame(
+        # Two copies of 1 ns and 3 ns (5 B and 9 B): per-copy rates 5 and 3 GB/s, p50 between them.
+        ("a", None, *H2D, 0, 1, 5, True, False), ("a", None, *H2D, 10, 3, 9, True, False),
+        # One 1 B copy of 1 ns: every divisor is exactly 1.
+        ("b", None, *H2D, 0, 1, 1, True, False),
+        # Only zero-length copies: no time to divide by, so no rate at all.
+        ("c", None, *H2D, 0, 0, 100, True, False), ("c", None, *H2D, 5, 0, 100, True, False),
+        # A pageable copy whose call is unknown (no CUDA API trace): not counted as pageable async.
+        ("d", None, "Device-to-Host", "Device", "Pageable", 0, 100, 1 << 20, None, True),
+    )
+    summary = bandwidth_summary(frame, select=EVERY_COPY)
+    a, b, c, d = (row(summary, report=r) for r in "abcd")
+    assert (a["copy_gbps_min"], a["copy_gbps_p50"], a["copy_gbps_max"]) == pytest.approx((3.0, 4.0, 5.0))
+    assert a["copy_gbps_p95"] == pytest.approx(3 + 0.95 * 2)  # linear interpolation between the two
+    assert (a["time_total_ns"], a["bandwidth_gbps"]) == (4, pytest.approx(14 / 4))
+    assert (b["bandwidth_gbps"], b["bandwidth_union_gbps"], b["copy_gbps_max"]) == (1.0, 1.0, 1.0)
+    assert (b["tiny_bytes_pct"], b["time_union_ns"]) == (100.0, 1)
+    assert (c["time_total_ns"], c["time_union_ns"]) == (0, 0)
+    assert (c["bandwidth_gbps"], c["bandwidth_union_gbps"], c["copy_gbps_p50"], c["copy_gbps_max"]) == (
+        None, None, None, None)
+    assert (d["pageable_async_copies"], d["flags"]) == (0, None)
+    sizes = copy_size_histogram(frame, select=EVERY_COPY)
+    assert row(sizes, report="b")["bandwidth_gbps"] == 1.0
+    zero_length = row(sizes, report="c")
+    assert (zero_length["time_total_ns"], zero_length["bandwidth_gbps"]) == (0, None)
+
+
+def test_flags_join_in_one_line_and_round_the_share_half_up():
+    # Two of three pageable async copies are tiny: 66.67 % of the copies, shown as 67 %.
+    summary = bandwidth_summary(copies_frame(
+        ("r", None, "Host-to-Device", "Pageable", "Device", 0, 10, 100, True, True),
+        ("r", None, "Host-to-Device", "Pageable", "Device", 20, 10, 100, True, True),
+        ("r", None, "Host-to-Device", "Pageable", "Device", 40, 10, 1 << 20, True, True),
+    ), select=EVERY_COPY)
+    tiny_pct = round(100 * 200 / (200 + (1 << 20)), 1)
+    assert row(summary, report="r")["flags"] == (
+        "pageable memory in 3 async copies (staged, not async): pin the host buffer; "
+        f"tiny copies: 67% of copies < 65536 B carry {tiny_pct}% of bytes: batch them")
+
+
+def test_rows_sort_by_the_keys_then_bytes_largest_first_then_the_copy_keys():
+    d2h = ("Device-to-Host", "Device", "Pinned")
+    rows = []
+    for report in ("r2", "r1"):
+        for stage in (None, "b", "a"):
+            # The same bytes in both directions and from or to either host memory (the copy keys break the tie),
+            # more bytes for a device-to-device copy.
+            rows += [(report, stage, *d2h, 0, 10, 500, True, False), (report, stage, *H2D, 0, 10, 500, True, False),
+                     (report, stage, "Device-to-Host", "Device", "Pageable", 0, 10, 500, True, True),
+                     (report, stage, "Host-to-Device", "Pageable", "Device", 0, 10, 500, True, True),
+                     (report, stage, "Device-to-Device", "Device", "Device", 0, 10, 900, True, False)]
+    summary = bandwidth_summary(copies_frame(*rows), by=("report",), by_stage=True, select=EVERY_COPY)
+    got = summary.select("report", "stage", "bytes_total", "direction", "src_kind", "dst_kind").rows()
+    expected = sorted({(*r[:2], r[7], *r[2:5]) for r in rows},
+                      key=lambda t: (t[0], t[1] is None, t[1] or "", -t[2], *t[3:]))
+    assert got == expected
+
+
+def test_a_frame_of_one_report_needs_no_report_column():
+    frame = copies_frame(("r", None, *H2D, 0, 10, 1000, True, False), ("r", None, *H2D, 5, 10, 3000, True, False))
+    alone = bandwidth_summary(frame.drop("report"), by=(), select=EVERY_COPY)
+    assert alone.select("copies", "bytes_total", "time_total_ns", "time_union_ns").rows() == [(2, 4000, 20, 15)]
+
+
 def test_memsets_are_their_own_direction_and_optional(tmp_path):
     b = ExportBuilder()
     copy(b, (10, 20), (100, 200), 1000)

@@ -69,8 +69,6 @@ def _kept_copies(report: Report, *, select: Selection = DEFAULT) -> pl.DataFrame
 def _union_per_group(copies: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """Length of the union of copy intervals per ``keys`` group (keys must include ``report`` if present)."""
     frame = copies.sort("start_ns", "end_ns").with_columns(_cover=union_piece("start_ns", "end_ns", over=keys))
-    if not keys:
-        return pl.DataFrame({"time_union_ns": [int(frame["_cover"].sum())]})
     return frame.group_by(keys).agg(pl.col("_cover").sum().cast(pl.Int64).alias("time_union_ns"))
 
 
