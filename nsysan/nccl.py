@@ -44,7 +44,7 @@ def collective(name: pl.Expr) -> pl.Expr:
 def bus_factor(collective_name: str, ranks: int) -> float | None:
     """NCCL's busbw / algbw for ``collective_name`` on ``ranks`` ranks; None when unknown or for one rank."""
     factor = BUS_FACTORS.get(collective_name)
-    if factor is None or ranks < 1:
+    if factor is None or ranks < 2:  # a call only one rank made moves nothing between ranks
         return None
     return factor(ranks)
 

@@ -335,3 +335,204 @@ def test_comm_without_nvtx_ranges_counts_every_nccl_kernel(tmp_path):
     assert got == [n for _, n in everything] and got[0] > len(nccl(PIDS[0]))
     calls = nsysan.collective_calls(path).frame
     assert calls["step"].is_null().all() and calls.height == sum(got)
+
+
+# -- calls across three ranks (hand-built) -------------------------------------------------------------------------
+#: pid -> GPU: ranks follow the devices (no NCCL payload, no sidecar), so rank order is not pid order.
+THREE = {13: 0, 11: 1, 12: 2}
+ALLREDUCE, ALLGATHER = "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096>)", \
+    "ncclDevKernel_AllGather_RING_LL(ncclDevKernelArgsStorage<4096>)"
+#: Per rank, (stream, kernel, start, end) of its NCCL kernels. Stream 20 is every rank's first NCCL stream
+#: (lane 0, AllReduce), stream 30 its second (lane 1, AllGather). Rank 1 issues its second AllGather before its
+#: second AllReduce, the other ranks after it: only the k-th kernel of a lane matches across ranks. The second
+#: AllGather's last arrival is a zero-length kernel (no transfer time: no bandwidth); the first one's transfer
+#: takes 1 ns; rank 0's third AllReduce has no partner on the other ranks.
+NCCL_KERNELS = {
+    0: [(20, ALLREDUCE, 100, 200), (30, ALLGATHER, 500, 531), (20, ALLREDUCE, 1000, 1100), (30, ALLGATHER, 1500, 1505),
+        (20, ALLREDUCE, 2000, 2100)],
+    1: [(20, ALLREDUCE, 130, 200), (30, ALLGATHER, 520, 531), (30, ALLGATHER, 900, 950), (20, ALLREDUCE, 1010, 1100)],
+    2: [(20, ALLREDUCE, 160, 205), (30, ALLGATHER, 530, 531), (20, ALLREDUCE, 1005, 1120), (30, ALLGATHER, 1510, 1510)],
+}
+COMPUTE = (150, 180)  # one compute kernel on every GPU, under the first AllReduce
+STEPS = {"step_1": (0, 800), "step_2": (800, 2500)}
+SIZES = {"AllReduce": 1000, "AllGather": 300}
+BUS = {"AllReduce": lambda n: 2 * (n - 1) / n, "AllGather": lambda n: (n - 1) / n}  # NCCL's PERFORMANCE.md
+
+
+def three_ranks(tmp_path: Path, *, steps: dict[str, tuple[int, int]] = STEPS) -> Path:
+    b = ExportBuilder()
+    pid_of = {rank: pid for rank, pid in enumerate(sorted(THREE, key=THREE.get))}
+    for rank, kernels_of_rank in NCCL_KERNELS.items():
+        pid = pid_of[rank]
+        for name, (start, end) in steps.items():
+            b.range(name, start, end, pid=pid)
+        for stream, name, start, end in [(7, "gemm_kernel", *COMPUTE), *kernels_of_rank]:
+            cid = b.call(101, start - 5, start - 1, pid=pid)
+            b.op(cid, start, end, name=name, pid=pid, device=THREE[pid], stream=stream)
+    return b.write(tmp_path / "three_ranks.sqlite")
+
+
+def expected_calls(steps: dict[str, tuple[int, int]] = STEPS, warm: tuple[str, ...] = ()) -> list[dict]:
+    """The calls by the module's rule, in plain Python: lane = order of a rank's NCCL streams by first use,
+    k = position on it; ``call`` numbers (lane, k) in order."""
+    by_call: dict[tuple[int, int], dict[int, tuple]] = {}
+    for rank, kernels_of_rank in NCCL_KERNELS.items():
+        step_of = lambda t: next((n for n, (s, e) in steps.items() if s <= t <= e), None)  # noqa: E731
+        kept = [k for k in kernels_of_rank if step_of(k[2]) not in warm]
+        lanes = list(dict.fromkeys(k[0] for k in sorted(kept, key=lambda k: k[2])))
+        for lane, stream in enumerate(lanes):
+            for position, (_, name, start, end) in enumerate(sorted(k for k in kept if k[0] == stream)):
+                by_call.setdefault((lane, position), {})[rank] = (name, stream, start, end, step_of(start))
+    rows = []
+    for call, key in enumerate(sorted(by_call)):
+        members = by_call[key]
+        first = min(m[2] for m in members.values())
+        last_start, last_end = max(m[2] for m in members.values()), max(m[3] for m in members.values())
+        n = len(members)
+        for rank, (name, stream, start, end, step) in sorted(members.items()):
+            collective = name.split("_")[1]
+            algbw = SIZES[collective] / (last_end - last_start) if last_end > last_start else None
+            pid = next(p for p, d in THREE.items() if d == rank)
+            rows.append({"call": call, "collective": collective, "rank": rank, "pid": pid, "device_id": rank,
+                         "stream_id": stream, "start_ns": start, "end_ns": end, "step": step,
+                         "late_ns": start - first, "wait_ns": min(last_start - start, end - start),
+                         "last": start == last_start and n > 1, "ranks": n, "message_bytes": SIZES[collective],
+                         "algbw_gbps": algbw,
+                         "busbw_gbps": algbw * BUS[collective](n) if algbw is not None and n > 1 else None})
+    return rows
+
+
+def test_calls_match_across_three_ranks_by_lane_and_position(tmp_path):
+    path = three_ranks(tmp_path)
+    frame = nsysan.collective_calls(path, message_bytes=SIZES).frame
+    expected = expected_calls()
+    assert [c["ranks"] for c in expected if c["rank"] == 0] == [3, 3, 1, 3, 3]  # the test's premise
+    got = frame.select(list(expected[0])).to_dicts()
+    assert got == [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in row.items()} for row in expected]
+
+
+def test_warm_up_steps_of_a_chosen_selection_leave_their_calls_out(tmp_path):
+    path = three_ranks(tmp_path)
+    select = Selection(exclude_within=("step_1",))
+    frame = nsysan.collective_calls(path, message_bytes=SIZES, select=select).frame
+    expected = expected_calls(warm=("step_1",))
+    assert frame.select(list(expected[0])).to_dicts() == [
+        {k: pytest.approx(v) if isinstance(v, float) else v for k, v in row.items()} for row in expected]
+    sized = [c for c in expected if c["rank"] == 0 and c["algbw_gbps"] is not None]
+    comm = nsysan.comm(path, message_bytes=SIZES, select=select).frame
+    row = comm.filter((pl.col("rank") == 0) & (pl.col("collective") == "all")).row(0, named=True)
+    assert row["calls"] == sum(1 for c in expected if c["rank"] == 0)
+    assert row["algbw_gbps"] == pytest.approx(sum(c["message_bytes"] for c in sized)
+                                              / sum(c["message_bytes"] / c["algbw_gbps"] for c in sized))
+
+
+def test_skew_of_three_ranks_per_rank_and_collective(tmp_path):
+    path = three_ranks(tmp_path)
+    calls = expected_calls()
+    frame = nsysan.skew(path, message_bytes=SIZES).frame
+    order = []
+    for rank in (0, 1, 2):
+        for collective in ("all", "AllGather", "AllReduce"):
+            order.append((rank, collective))
+            mine = [c for c in calls if c["rank"] == rank and collective in ("all", c["collective"])]
+            sized = [c for c in mine if c["algbw_gbps"] is not None]
+            row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
+            late = [c["late_ns"] / 1e6 for c in mine]
+            assert row["calls"] == len(mine)
+            assert (row["arrival_late_ms_p50"], row["arrival_late_ms_p95"]) == pytest.approx(
+                (np.percentile(late, 50), np.percentile(late, 95)))
+            assert row["wait_ms_total"] == pytest.approx(sum(c["wait_ns"] for c in mine) / 1e6)
+            assert row["straggler_calls"] == sum(c["last"] for c in mine)
+            assert row["message_bytes"] == pytest.approx(np.mean([c["message_bytes"] for c in sized]))
+            for bw in ("algbw_gbps", "busbw_gbps"):
+                with_bw = [c for c in sized if c[bw] is not None]
+                want = sum(c["message_bytes"] for c in with_bw) / sum(c["message_bytes"] / c[bw] for c in with_bw)
+                assert row[bw] == pytest.approx(want), (rank, collective, bw)
+    assert frame.select("rank", "collective").rows() == order
+
+
+def test_straggler_per_step_of_three_ranks(tmp_path):
+    path = three_ranks(tmp_path)
+    calls = expected_calls()
+    frame = nsysan.skew(path, per_step=True).frame
+    assert frame["step"].to_list() == ["step_1", "step_2"]
+    for row in frame.iter_rows(named=True):
+        mine = [c for c in calls if c["step"] == row["step"]]
+        per_rank = {r: [c for c in mine if c["rank"] == r] for r in (0, 1, 2)}
+        # Most last arrivals, then the larger total lateness.
+        straggler = max(per_rank, key=lambda r: (sum(c["last"] for c in per_rank[r]),
+                                                 sum(c["late_ns"] for c in per_rank[r])))
+        assert row["calls"] == max(len(v) for v in per_rank.values())
+        assert (row["straggler_rank"], row["straggler_calls"]) == (straggler, sum(c["last"] for c in per_rank[straggler]))
+        assert row["straggler_late_ms_total"] == pytest.approx(sum(c["late_ns"] for c in per_rank[straggler]) / 1e6)
+        assert row["max_late_ms"] == pytest.approx(max(c["late_ns"] for c in mine) / 1e6)
+
+
+def test_comm_of_three_ranks_with_exposed_share_and_bus_bandwidth(tmp_path):
+    path = three_ranks(tmp_path)
+    calls = expected_calls()
+    frame = nsysan.comm(path, message_bytes=SIZES).frame
+    order = []
+    for rank in (0, 1, 2):
+        for collective in ("all", "AllGather", "AllReduce"):
+            order.append((rank, collective))
+            mine = [c for c in calls if c["rank"] == rank and collective in ("all", c["collective"])]
+            spans = [(c["start_ns"], c["end_ns"]) for c in mine]
+            comm_ns, hidden = union(spans), overlap(spans, [COMPUTE])
+            row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
+            assert (row["calls"], row["comm_ms"], row["compute_ms"]) == (
+                len(mine), pytest.approx(comm_ns / 1e6), pytest.approx((COMPUTE[1] - COMPUTE[0]) / 1e6))
+            assert row["exposed_pct"] == pytest.approx(100 * (comm_ns - hidden) / comm_ns)
+            for bw in ("algbw_gbps", "busbw_gbps"):
+                with_bw = [c for c in mine if c[bw] is not None]
+                want = sum(c["message_bytes"] for c in with_bw) / sum(c["message_bytes"] / c[bw] for c in with_bw)
+                assert row[bw] == pytest.approx(want), (rank, collective, bw)
+    assert frame.select("rank", "collective").rows() == order
+
+
+OVERLAP_COLUMNS = ["pid", "device_id", "collective", "calls", "comm_ns", "compute_ns", "overlap_ns", "exposed_comm_ns",
+                   "sized_bytes", "sized_transfer_ns", "sized_bus_bytes", "sized_bus_ns"]
+
+
+def test_comm_columns_per_report_and_pooled(tmp_path):
+    from nsysan.analyses.comm import comm_overlap, comm_summary
+
+    with nsysan.open(three_ranks(tmp_path)) as report:
+        per_report = comm_overlap(report, message_bytes=SIZES)
+    assert per_report.columns == OVERLAP_COLUMNS  # no stage column unless asked for
+    pooled = comm_summary(per_report.with_columns(report=pl.lit("r"), rank=pl.col("device_id")))
+    assert pooled.columns == ["report", "rank", "device_id", "collective", "calls", "comm_ms", "compute_ms",
+                              "overlap_ms", "exposed_comm_ms", "exposed_pct", "algbw_gbps", "busbw_gbps"]
+
+
+def test_comm_per_stage_skips_a_rank_without_ranges(tmp_path):
+    """Rank 2's process has no NVTX ranges: no stage rows for it, and no error."""
+    b = ExportBuilder()
+    for rank, pid in enumerate(sorted(THREE, key=THREE.get)):
+        if rank < 2:
+            b.range("step_1", 0, 2500, pid=pid)
+        for stream, name, start, end in NCCL_KERNELS[rank]:
+            b.op(b.call(101, start - 5, start - 1, pid=pid), start, end, name=name, pid=pid, device=rank, stream=stream)
+    frame = nsysan.comm(b.write(tmp_path / "ranges_on_two.sqlite"), by_stage=True).frame
+    assert sorted(set(frame.filter(pl.col("stage") == "step_*")["rank"])) == [0, 1]
+    assert frame.filter(pl.col("rank") == 2).is_empty()
+
+
+def test_comm_without_nccl_says_so_and_without_kernels_fails_naming_the_analysis(tmp_path):
+    from nsysan.analyses.comm import comm_overlap
+
+    b = ExportBuilder()
+    b.range("step_1", 0, 100)
+    b.op(b.call(101, 0, 5), 10, 20, name="gemm_kernel")
+    path = b.write(tmp_path / "single_gpu.sqlite")
+    for result in (nsysan.comm(path), nsysan.skew(path)):
+        assert result.ok and result.frame.is_empty()
+        assert result.notes == (f"{path}: no NCCL kernels outside warm-up: no communication to analyse (a "
+                                "single-GPU run, or NCCL not traced: profile with -t cuda)",)
+    with nsysan.open(path) as report, pytest.warns(nsysan.NsysanWarning):
+        assert comm_overlap(report).columns == OVERLAP_COLUMNS
+    b = ExportBuilder()
+    b.range("step_1", 0, 100)
+    bare = b.write(tmp_path / "no_kernels.sqlite")
+    (failure,) = nsysan.comm(bare).failures
+    assert failure.reason.endswith("(needed for communication analysis)")

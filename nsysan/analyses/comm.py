@@ -82,7 +82,7 @@ def comm_overlap(report: Report, *, select: Selection = DEFAULT, by_stage: bool 
     """Per rank (``pid`` and ``device_id``) and collective (and an ``all`` row), of one report: ``collective``,
     ``calls``, ``comm_ns``, ``compute_ns``, ``overlap_ns``, ``exposed_comm_ns``, and for bus bandwidth
     ``sized_bytes`` / ``sized_transfer_ns`` (message bytes and transfer time of the calls whose size is known,
-    see :func:`collective_calls`; busbw adds ``sized_bus_ns``); with ``by_stage`` also per ``stage`` (the rank's
+    see :func:`collective_calls`; busbw adds ``sized_bus_bytes`` / ``sized_bus_ns``, over the calls that have a busbw); with ``by_stage`` also per ``stage`` (the rank's
     ranges by name, each instance from its start to its end; no bus bandwidth then)."""
     frame = _comm_overlap(report, select, by_stage)
     sized = _sized(_matched(kernels_by_step(report, select=select), report, message_bytes))
@@ -98,6 +98,8 @@ def _sized(calls: pl.DataFrame) -> pl.DataFrame:
     return both.group_by("pid", "collective").agg(
         pl.col("message_bytes").sum().alias("sized_bytes"),
         (pl.col("message_bytes") / pl.col("algbw_gbps")).sum().alias("sized_transfer_ns"),
+        # A call only one rank made has no bus bandwidth: neither its bytes nor its time count for busbw.
+        pl.col("message_bytes").filter(pl.col("busbw_gbps").is_not_null()).sum().alias("sized_bus_bytes"),
         (pl.col("message_bytes") / pl.col("busbw_gbps")).sum().alias("sized_bus_ns"))
 
 
@@ -162,13 +164,12 @@ def comm_summary(frame: pl.DataFrame, *, by: Sequence[str] = ("report",), by_sta
     out = frame.group_by(keys).agg(pl.col("calls").sum(), *[
         (pl.col(c).sum() / NS_PER_MS).alias(c.replace("_ns", "_ms"))
         for c in ("comm_ns", "compute_ns", "overlap_ns", "exposed_comm_ns")],
-        *[pl.col(c).sum() for c in ("sized_bytes", "sized_transfer_ns", "sized_bus_ns")])
-    sized = pl.col("sized_bytes") > 0
+        *[pl.col(c).sum() for c in ("sized_bytes", "sized_transfer_ns", "sized_bus_bytes", "sized_bus_ns")])
     out = out.with_columns(
         exposed_pct=pl.when(pl.col("comm_ms") > 0).then(100 * pl.col("exposed_comm_ms") / pl.col("comm_ms")),
-        algbw_gbps=pl.when(sized).then(pl.col("sized_bytes") / pl.col("sized_transfer_ns")),
-        busbw_gbps=pl.when(sized).then(pl.col("sized_bytes") / pl.col("sized_bus_ns")),
-    ).drop("sized_bytes", "sized_transfer_ns", "sized_bus_ns")
+        algbw_gbps=pl.when(pl.col("sized_bytes") > 0).then(pl.col("sized_bytes") / pl.col("sized_transfer_ns")),
+        busbw_gbps=pl.when(pl.col("sized_bus_bytes") > 0).then(pl.col("sized_bus_bytes") / pl.col("sized_bus_ns")),
+    ).drop("sized_bytes", "sized_transfer_ns", "sized_bus_bytes", "sized_bus_ns")
     return out.sort([*keys[:-1], pl.col("collective") != ALL, "collective"], nulls_last=True)
 
 
@@ -228,8 +229,8 @@ def _message_bytes(collective: pl.Expr, given: MessageBytes) -> pl.Expr:
 def skew_summary(calls: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.DataFrame:
     """Per (``by`` keys, rank, collective) and an ``all`` row per rank: ``calls``, ``arrival_late_ms_p50``,
     ``arrival_late_ms_p95``, ``wait_ms_total``, ``straggler_calls`` (calls this rank arrived last at), and, when
-    message sizes are known, ``message_bytes`` (mean), ``algbw_gbps`` and ``busbw_gbps`` (over the calls with a
-    size: total bytes over total transfer time)."""
+    message sizes are known, ``message_bytes`` (mean), ``algbw_gbps`` and ``busbw_gbps`` (each over the calls that
+    have it: total bytes over total transfer time; a call only one rank made has no busbw)."""
     both = pl.concat([calls, calls.with_columns(collective=pl.lit(ALL))])
     keys = list(dict.fromkeys([*by, "rank", "collective"]))
     late_ms = pl.col("late_ns") / NS_PER_MS
@@ -241,8 +242,10 @@ def skew_summary(calls: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.
         (pl.col("wait_ns").sum() / NS_PER_MS).alias("wait_ms_total"),
         pl.col("last").sum().cast(pl.Int64).alias("straggler_calls"),
         pl.col("message_bytes").filter(sized).mean().alias("message_bytes"),
-        *[pl.when(sized.any()).then(pl.col("message_bytes").filter(sized).sum()
-                                    / (pl.col("message_bytes") / pl.col(bw)).filter(sized).sum()).alias(bw)
+        # Each bandwidth over the calls that have it: a call of one rank has an algbw but no busbw.
+        *[pl.when(pl.col(bw).is_not_null().any()).then(
+            pl.col("message_bytes").filter(pl.col(bw).is_not_null()).sum()
+            / (pl.col("message_bytes") / pl.col(bw)).filter(pl.col(bw).is_not_null()).sum()).alias(bw)
           for bw in ("algbw_gbps", "busbw_gbps")],
     )
     return out.sort([*keys[:-1], pl.col("collective") != ALL, "collective"], nulls_last=True)
