@@ -541,6 +541,33 @@ def test_ranges_whose_gpu_work_other_threads_launched_are_named_once_and_a_proce
     assert process.filter(pl.col("range") == "fwd")["gpu_proj_ns"].to_list() == [100]
 
 
+def test_only_launches_of_other_threads_of_the_process_inside_a_range_of_little_gpu_time_are_named(tmp_path):
+    """Each range of thread 7 of process 101 (odd: its pid bit sits next to the tid bits) tests one edge of the
+    note: its own launches never count, nor another process's; a launch at the range's end does; a range's GPU
+    time of exactly 1 % is not under 1 %; a 1 ns range with no GPU time is."""
+    b = ExportBuilder()
+    pid, other_pid = 101, 102
+    b.range("own_only", 0, 1_000_000, pid=pid, tid=7)
+    b.launch(7, 100, 110, 200, 210, pid=pid)  # 10 ns of GPU time in 1 ms: under 1 %, but its own
+    b.launch(7, 500, 510, 600, 700, pid=other_pid)  # same tid, another process
+    b.range("edge", 2_000_000, 2_001_000, pid=pid, tid=7)
+    b.launch(8, 2_001_000, 2_001_010, 2_001_100, 2_001_200, pid=pid)  # at the range's very end
+    b.range("tiny", 3_000_000, 3_000_001, pid=pid, tid=7)
+    b.launch(8, 3_000_000, 3_000_005, 3_000_100, 3_000_200, pid=pid)
+    b.range("one_pct", 4_000_000, 4_001_000, pid=pid, tid=7)
+    b.launch(7, 4_000_010, 4_000_020, 4_000_100, 4_000_110, pid=pid)  # exactly 1 % of 1000 ns
+    b.launch(8, 4_000_500, 4_000_510, 4_000_600, 4_000_700, pid=pid)
+    b.range("busy", 5_000_000, 5_001_000, pid=pid, tid=7)
+    b.launch(7, 5_000_010, 5_000_020, 5_000_100, 5_000_600, pid=pid)
+    b.launch(8, 5_000_500, 5_000_510, 5_000_700, 5_000_800, pid=pid)
+    b.range("own_later", 6_000_000, 7_000_000, pid=pid, tid=7)  # like own_only, after the other thread's launches
+    b.launch(7, 6_000_100, 6_000_110, 6_000_200, 6_000_210, pid=pid)
+    path = b.write(tmp_path / "threads.sqlite")
+    result = nsysan.latency_trace(path)
+    named = sorted(n.removeprefix(f"{path}: ").split(":")[0] for n in result.notes if "same-thread rule" in n)
+    assert named == ["edge", "tiny"], result.notes
+
+
 def test_ranges_with_identical_bounds_both_count_the_op_launched_inside(tmp_path):
     """Two ranges opened and closed at the same instants nest (the earlier contains the later): the op launched
     inside counts for both, whichever of them the as-of join lands on."""

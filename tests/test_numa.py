@@ -362,3 +362,52 @@ def test_cli_numa_csv_and_heatmap(sweep, tmp_path):
     )["penalty_pct"].item())
     shown = runner.invoke(app, ["numa", *pair, "--exclude-within", "warmup_*", "--metrics", "bandwidth_gbps"])
     assert shown.exit_code == 0 and "bandwidth_gbps" in shown.output and "range_ms" not in shown.output
+
+
+# -- the penalty's frame, its keys and its messages ----------------------------------------------------------------
+PENALTY_COLUMNS = ["model", "local_numa", "remote_numa", "local_basis", "stage", "direction", "metric", "statistic",
+                   "n_local", "n_remote", "local_value", "remote_value", "ratio", "penalty_pct", "ci_low_pct",
+                   "ci_high_pct", "ci_level", "verdict", "sensitivity_pct"]
+QUICK = Settings(adjust="none", resamples=200)
+
+
+def test_penalty_columns_and_each_groups_sensitivity_is_its_mean_range_penalty(samples, penalty):
+    assert [c for c in penalty.columns if c not in ("gpu", "variant")] == PENALTY_COLUMNS
+    # One remote instance per stage 10 times slower: its mean penalty is no longer its median's or p95's.
+    first = pl.int_range(pl.len()).over("report", "stage", "metric") == 0
+    skewed = samples.with_columns(value=pl.when((pl.col("numa") != 0) & (pl.col("metric") == "range_ns") & first)
+                                  .then(pl.col("value") * 10).otherwise(pl.col("value")))
+    penalty = numa_penalty(skewed, settings=QUICK)
+    for (model, remote), rows in penalty.group_by("model", "remote_numa"):
+        means = rows.filter((pl.col("metric") == "range_ms") & (pl.col("statistic") == "mean"))["penalty_pct"]
+        assert rows["sensitivity_pct"].to_list() == [pytest.approx(float(np.mean(means.to_numpy())))] * rows.height
+
+
+def test_other_names_for_the_node_keys_and_the_settings_given_are_used(samples):
+    renamed = samples.rename({"numa": "socket", "gpu_numa_node": "gpu_socket"})
+    result = numa_penalty(renamed, numa_key="socket", local_key="gpu_socket",
+                          settings=Settings(confidence=0.8, adjust="none", resamples=200))
+    expected = numa_penalty(samples, settings=Settings(confidence=0.8, adjust="none", resamples=200))
+    assert set(result["local_basis"]) == {"gpu_socket from the run metadata"}
+    assert set(result["ci_level"]) == {0.8}
+    assert result.drop("local_basis").equals(expected.drop("local_basis"))
+
+
+def test_why_runs_are_unpaired_is_in_the_layout_and_the_error(samples):
+    nodeless = samples.with_columns(numa=pl.when(pl.col("report") == "pipeline_gpu0_numa1_vit32x6x512")
+                                    .then(None).otherwise(pl.col("numa")))
+    layout = numa_pairs(nodeless)
+    row = layout.filter(pl.col("report") == "pipeline_gpu0_numa1_vit32x6x512").row(0, named=True)
+    assert (row["role"], row["note"]) == ("unpaired", "no NUMA node in the metadata (report name or sidecar 'numa')")
+    mixed = samples.filter(((pl.col("model") == "vit0x0x0") & (pl.col("numa") == 0))
+                           | ((pl.col("model") == "vit32x6x512") & (pl.col("numa") == 1)))
+    with pytest.raises(NumaNotComparable) as raised:
+        numa_penalty(mixed, settings=QUICK)
+    assert str(raised.value).endswith("(pairs must share model, gpu, variant): every run of this group is on NUMA "
+                                      "node 0; no run on the GPU's local NUMA node 0")
+    with pytest.raises(NumaNotComparable) as raised:
+        numa_penalty(mixed.drop("gpu_numa_node"), settings=QUICK)
+    assert str(raised.value).endswith(": every run of this group is on NUMA node 0; every run of this group is on "
+                                      "NUMA node 1")
+    with pytest.raises(nsysan.NsysanError, match="unknown key.*to ignore: no_such_key"):
+        numa_penalty(samples, ignore=["no_such_key"], settings=QUICK)

@@ -50,7 +50,7 @@ def numa_pairs(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: st
             elif note is not None:
                 role, why = "unpaired", note
             elif not remotes:
-                role, why = "unpaired", f"every run of this group is on NUMA node {_text(local)}"
+                role, why = "unpaired", f"every run of this group is on NUMA node {local}"
             else:
                 role, why = ("local", None) if str(node) == str(local) else ("remote", None)
             rows.append({**group, "report": report, numa_key: node, "local_numa": local, "local_basis": basis,
@@ -67,13 +67,13 @@ def _local_node(members: pl.DataFrame, *, numa_key: str, local_key: str) -> tupl
     recorded = ({v for v in members[local_key].to_list() if v is not None}
                 if local_key in members.columns else set())
     if len(recorded) > 1:
-        shown = ", ".join(sorted(map(_text, recorded)))
+        shown = ", ".join(sorted(map(str, recorded)))
         return None, None, f"runs of this group disagree on {local_key} ({shown})"
     if recorded:
         value = next(iter(recorded))
         local = next((n for n in nodes if str(n) == str(value)), None)
         if local is None:
-            return value, f"{local_key} from the run metadata", f"no run on the GPU's local NUMA node {_text(value)}"
+            return value, f"{local_key} from the run metadata", f"no run on the GPU's local NUMA node {value}"
         return local, f"{local_key} from the run metadata", None
     if not nodes:
         return None, None, None
@@ -116,7 +116,7 @@ def numa_penalty(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: 
     keys = pair_keys(samples, numa_key=numa_key, local_key=local_key, ignore=ignore)
     nodes = sorted({n for n in layout[numa_key].to_list() if n is not None}, key=_node_order)
     if len(nodes) <= 1:
-        where = f"NUMA node {_text(nodes[0])}" if nodes else "no known NUMA node"
+        where = f"NUMA node {nodes[0]}" if nodes else "no known NUMA node"
         raise NumaNotComparable(
             f"only one NUMA node: all {layout.height} report(s) ran on {where}, so there is no remote-node run "
             "to compare with and no NUMA penalty to report")
@@ -133,7 +133,7 @@ def numa_penalty(samples: pl.DataFrame, *, numa_key: str = NUMA_KEY, local_key: 
         members = paired.filter(*[pl.col(k).eq_missing(row[k]) for k in keys]) if keys else paired
         remotes = {n for n in members[numa_key].to_list() if str(n) != str(row["local_numa"])}
         for remote in sorted(remotes, key=_node_order):
-            pairs.append(((*group, remote), (*group, row["local_numa"]), f"{numa_key}={_text(row['local_numa'])}"))
+            pairs.append(((*group, remote), (*group, row["local_numa"]), f"{numa_key}={row['local_numa']}"))
     data = samples.filter(pl.col("report").is_in(paired["report"].to_list()))
     result = compare_pairs(data, keys=[*keys, numa_key], pairs=pairs, settings=settings)
     result = result.with_columns(_row=pl.int_range(pl.len()))
@@ -185,10 +185,6 @@ def _node_order(node: Any) -> tuple[int, Any]:
         return 0, int(node)
     except (TypeError, ValueError):
         return 1, str(node)
-
-
-def _text(value: Any) -> str:
-    return "none" if value is None else str(value)
 
 
 __all__ = ["ASSUMED_LOWEST", "LOCAL_KEY", "NUMA_KEY", "NumaNotComparable", "numa_heatmap", "numa_pairs",
