@@ -143,7 +143,7 @@ def _calls_inside(calls: pl.DataFrame, ranges: pl.DataFrame) -> pl.DataFrame:
         inside = ends[index] <= on_thread["end_ns"].to_numpy()[which]
         out.append(pl.DataFrame({"range_id": on_thread["range_id"].to_numpy()[which][inside],
                                  "launch": mine["launch"].to_numpy()[index][inside]}))
-    return pl.concat(out) if out else pl.DataFrame(schema=PAIR_SCHEMA)
+    return pl.concat(out)  # called with at least one range
 
 
 def gather(launched: pl.DataFrame, pairs: pl.DataFrame, *columns: str) -> pl.DataFrame:

@@ -297,6 +297,8 @@ def test_a_baseline_of_none_matches_only_runs_without_the_key():
     for group in groups:
         assert _baseline_group(group, ["model", "variant"], {"variant": None}, groups) == ("vit", None)
         assert _baseline_group(group, ["model", "variant"], {"variant": "none"}, groups) == ("vit", None)
+        assert _baseline_group(group, ["model", "variant"], {"variant": " NULL "}, groups) == ("vit", None)
+        assert _baseline_group(group, ["model", "variant"], {"variant": ""}, groups) == ("vit", None)
     assert _baseline_group(("vit", "pageable"), ["model", "variant"], {"variant": None}, groups[:1]) is None
     # Text matches without case and surrounding blanks: "Pageable " picks the pageable run.
     assert _baseline_group(("vit", None), ["model", "variant"], {"variant": "Pageable "}, groups) == ("vit", "pageable")

@@ -568,6 +568,25 @@ def test_only_launches_of_other_threads_of_the_process_inside_a_range_of_little_
     assert named == ["edge", "tiny"], result.notes
 
 
+def test_the_stage_of_an_op_is_its_deepest_range_then_the_latest_to_start(tmp_path):
+    """Ranges are written out of order so that no tie-break falls out of the ids: "inner" shares outer's start
+    and is written first; of two touching ranges at the same level the later one is written first, and a
+    zero-length call where they meet lies inside both."""
+    from nsysan.attribution import op_stages, range_names
+
+    b = ExportBuilder()
+    b.range("inner", 0, 200)
+    b.range("outer", 0, 1000)
+    b.launch(MAIN_TID, 50, 60, 300, 400)  # inside inner (level 1) and outer (level 0)
+    b.range("second", 2100, 2200)
+    b.range("first", 2000, 2100)
+    b.launch(MAIN_TID, 2100, 2100, 2300, 2400)  # where first ends and second starts
+    with nsysan.open(b.write(tmp_path / "stages.sqlite")) as report:
+        names = dict(range_names(report).select("range_id", "name").iter_rows())
+        stages = op_stages(report).sort("correlation_id")
+        assert [names[r] for r in stages["stage_range_id"]] == ["inner", "second"]
+
+
 def test_ranges_with_identical_bounds_both_count_the_op_launched_inside(tmp_path):
     """Two ranges opened and closed at the same instants nest (the earlier contains the later): the op launched
     inside counts for both, whichever of them the as-of join lands on."""
