@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 import nsysan
+from builders import MAIN_TID, ExportBuilder
 from nsysan.analyses.compare import Settings, compare_groups, stage_observations
 from nsysan.cli import app
 from nsysan.engine import Runs, pooled
@@ -320,3 +321,27 @@ def test_stage_observations_follow_the_selection_in_ranges_names_and_copies():
     assert count(default, "batch_*", "range_ns") == 30 and count(everything, "batch_*", "range_ns") == 0
     numbered = {s for s in everything["stage"].unique().to_list() if s.startswith("batch_")}
     assert len(numbered) == 30
+
+
+def test_copy_rates_of_a_stage_leave_out_zero_length_copies_and_copies_outside_it(tmp_path):
+    b = ExportBuilder()
+    b.range("h2d", 0, 1000)
+    for call, (start, end), nbytes in (((10, 20), (100, 100), 100), ((30, 40), (200, 201), 7),
+                                       ((50, 60), (300, 310), 50), ((2000, 2010), (2100, 2105), 9)):
+        b.op(b.call(MAIN_TID, *call, api="cudaMemcpyAsync"), start, end, kind="memcpy", nbytes=nbytes)
+    with nsysan.open(b.write(tmp_path / "copies.sqlite")) as report:
+        rates = stage_observations(report, select=Selection.everything()).filter(
+            pl.col("metric") == "bandwidth_gbps")
+    # 7 B in 1 ns and 50 B in 10 ns, weighted by their durations; not the 0 ns copy, not the one after the range.
+    assert rates.select("stage", "value", "weight").sort("weight").rows() == [("h2d", 7.0, 1.0), ("h2d", 5.0, 10.0)]
+
+
+def test_cycles_follow_start_order_whatever_order_the_export_lists_ranges_in(tmp_path):
+    b = ExportBuilder()
+    for name, start, end in (("batch_1", 1000, 1500), ("batch_0", 0, 500), ("batch_2", 2000, 2600)):
+        b.range(name, start, end)
+    with nsysan.open(b.write(tmp_path / "unordered.sqlite")) as report:
+        cycles = stage_observations(report, select=Selection(exclude_within=())).filter(pl.col("metric") == "cycle_ns")
+    # Next start - own start; the last batch its own length.
+    assert cycles.sort("start_ns").select("stage", "value").rows() == [("batch_*", 1000.0), ("batch_*", 1000.0),
+                                                                       ("batch_*", 600.0)]

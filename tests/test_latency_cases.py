@@ -539,6 +539,11 @@ def test_ranges_whose_gpu_work_other_threads_launched_are_named_once_and_a_proce
     assert "launched 1 GPU op(s)" in named[0]
     process = nsysan.latency_trace(path, attribution="process").frame
     assert process.filter(pl.col("range") == "fwd")["gpu_proj_ns"].to_list() == [100]
+    # Analyses built on the instances under the default rule say it too (comparisons, NUMA).
+    from nsysan.analyses.compare import stage_observations
+
+    with nsysan.open(path) as report, pytest.warns(nsysan.NsysanWarning, match="fwd: under nsys's same-thread rule"):
+        stage_observations(report)
 
 
 def test_only_launches_of_other_threads_of_the_process_inside_a_range_of_little_gpu_time_are_named(tmp_path):
