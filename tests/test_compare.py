@@ -345,3 +345,23 @@ def test_cycles_follow_start_order_whatever_order_the_export_lists_ranges_in(tmp
     # Next start - own start; the last batch its own length.
     assert cycles.sort("start_ns").select("stage", "value").rows() == [("batch_*", 1000.0), ("batch_*", 1000.0),
                                                                        ("batch_*", 600.0)]
+
+
+def test_baseline_labels_name_every_baseline_key_and_confidence_lies_strictly_between_0_and_1():
+    rows = [(f"{model}_{numa}", model, numa, None, "s", "range_ns", 1000 * i, float(v))
+            for model, numa, values in (("m1", 0, (10, 11, 12)), ("m1", 1, (20, 21, 22)), ("m3", 1, (5, 6, 7)))
+            for i, v in enumerate(values)]
+    samples = pl.DataFrame(rows, schema={"report": pl.String, "model": pl.String, "numa": pl.Int64,
+                                         "variant": pl.String, "stage": pl.String, "metric": pl.String,
+                                         "start_ns": pl.Int64, "value": pl.Float64}, orient="row").with_columns(
+        direction=pl.lit(None, pl.String), weight=pl.lit(None, pl.Float64), level=pl.lit(0, pl.Int64),
+        pid=pl.lit(1, pl.Int64))
+    result = compare_groups(samples, by=("model", "numa", "variant"), baseline={"numa": 0, "variant": "none"},
+                            settings=Settings(resamples=100, adjust="none"))
+    labels = dict(result.select(pl.format("{}/{}", "model", "numa"), "baseline").unique().iter_rows())
+    # m3 has no run on node 0: its label is the baseline asked for, as given.
+    assert labels == {"m1/0": "numa=0, variant=none", "m1/1": "numa=0, variant=none", "m3/1": "numa=0, variant=none"}
+    assert set(result.filter(pl.col("model") == "m3")["verdict"]) == {"no baseline"}
+    for confidence in (0, 1, 1.5):
+        with pytest.raises(nsysan.NsysanError, match="confidence must lie between 0 and 1"):
+            Settings(confidence=confidence)

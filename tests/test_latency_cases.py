@@ -559,6 +559,7 @@ def test_only_launches_of_other_threads_of_the_process_inside_a_range_of_little_
     b.launch(8, 2_001_000, 2_001_010, 2_001_100, 2_001_200, pid=pid)  # at the range's very end
     b.range("tiny", 3_000_000, 3_000_001, pid=pid, tid=7)
     b.launch(8, 3_000_000, 3_000_005, 3_000_100, 3_000_200, pid=pid)
+    b.launch(8, 3_000_001, 3_000_006, 3_000_300, 3_000_400, pid=pid)  # two others: named before edge's one
     b.range("one_pct", 4_000_000, 4_001_000, pid=pid, tid=7)
     b.launch(7, 4_000_010, 4_000_020, 4_000_100, 4_000_110, pid=pid)  # exactly 1 % of 1000 ns
     b.launch(8, 4_000_500, 4_000_510, 4_000_600, 4_000_700, pid=pid)
@@ -569,8 +570,9 @@ def test_only_launches_of_other_threads_of_the_process_inside_a_range_of_little_
     b.launch(7, 6_000_100, 6_000_110, 6_000_200, 6_000_210, pid=pid)
     path = b.write(tmp_path / "threads.sqlite")
     result = nsysan.latency_trace(path)
-    named = sorted(n.removeprefix(f"{path}: ").split(":")[0] for n in result.notes if "same-thread rule" in n)
-    assert named == ["edge", "tiny"], result.notes
+    named = [n.removeprefix(f"{path}: ").split(":")[0] for n in result.notes if "same-thread rule" in n]
+    assert named == ["tiny", "edge"], result.notes
+    assert "in 1 of 1 instance(s), yet other threads of its process launched 2 GPU op(s)" in result.notes[0]
 
 
 def test_the_stage_of_an_op_is_its_deepest_range_then_the_latest_to_start(tmp_path):
