@@ -82,8 +82,9 @@ def comm_overlap(report: Report, *, select: Selection = DEFAULT, by_stage: bool 
     """Per rank (``pid`` and ``device_id``) and collective (and an ``all`` row), of one report: ``collective``,
     ``calls``, ``comm_ns``, ``compute_ns``, ``overlap_ns``, ``exposed_comm_ns``, and for bus bandwidth
     ``sized_bytes`` / ``sized_transfer_ns`` (message bytes and transfer time of the calls whose size is known,
-    see :func:`collective_calls`; busbw adds ``sized_bus_bytes`` / ``sized_bus_ns``, over the calls that have a busbw); with ``by_stage`` also per ``stage`` (the rank's
-    ranges by name, each instance from its start to its end; no bus bandwidth then)."""
+    see :func:`collective_calls`; for busbw ``sized_bus_bytes`` / ``sized_bus_ns``, over the calls that have
+    one); with ``by_stage`` also per ``stage`` (the rank's ranges by name, each instance from its start to its
+    end; no bus bandwidth then)."""
     frame = _comm_overlap(report, select, by_stage)
     sized = _sized(_matched(kernels_by_step(report, select=select), report, message_bytes))
     if by_stage:  # a call's bandwidth is not split between the stages its kernel overlaps
