@@ -35,10 +35,11 @@ NCCL_DOMAIN = 7
 
 
 def two_ranks(path: Path, *, sizes: dict[str, int | None], rank_of: dict[int, int] | None,
-              late: int = 300) -> Path:
+              late: int = 300, streams: tuple[int, int] = (17, 17)) -> Path:
     """Two processes (pids 200 and 300, GPUs 0 and 1) each run step_0 holding one AllReduce and one Broadcast:
     an NCCL NVTX range (with a payload when ``sizes`` gives one) around the launch of its kernel. Rank pid 300
-    arrives ``late`` ns after pid 200 at each call; every call's transfer (last start -> last end) is 1000 ns."""
+    arrives ``late`` ns after pid 200 at each call; every call's transfer (last start -> last end) is 1000 ns.
+    ``streams``: the NCCL streams of the AllReduce and of the Broadcast."""
     b = ExportBuilder()
     payloads = []
     for pid, device in ((200, 0), (300, 1)):
@@ -58,7 +59,7 @@ def two_ranks(path: Path, *, sizes: dict[str, int | None], rank_of: dict[int, in
             cid = b.call(tid, t + 10, t + 20, pid=pid)
             start = t + 100 + offset
             b.op(cid, start, t + 100 + late + 1000, name=f"ncclDevKernel_{collective}_Sum_f32_RING_LL", pid=pid,
-                 device=device, stream=17)
+                 device=device, stream=streams[i])
     b.write(path)
     con = sqlite3.connect(path)
     con.execute("ALTER TABLE NVTX_EVENTS ADD COLUMN jsonText TEXT")
@@ -104,6 +105,17 @@ def test_bus_bandwidth_uses_the_recorded_sizes_and_the_given_ones_where_none(tmp
     assert (rows[(0, "all")]["straggler_calls"], rows[(1, "all")]["straggler_calls"]) == (0, 2)
     unknown = nsysan.skew(path).frame.filter(pl.col("collective") == "Broadcast")
     assert unknown["busbw_gbps"].is_null().all()  # no size recorded, none given: n/a
+
+
+def test_a_recorded_size_stays_with_its_call_when_calls_run_on_two_streams(tmp_path):
+    """Each collective on its own stream: both are the first call of their lane, and only the AllReduce has a
+    recorded size, so the Broadcast keeps the caller's."""
+    path = two_ranks(tmp_path / "lanes.sqlite", sizes={"AllReduce": 8_000_000, "Broadcast": None}, rank_of=None,
+                     streams=(17, 23))
+    calls = nsysan.collective_calls(path, message_bytes={"Broadcast": 2_000_000}).frame
+    sizes = dict(calls.select("collective", "message_bytes").unique().iter_rows())
+    assert sizes == {"AllReduce": 8_000_000, "Broadcast": 2_000_000}
+    assert calls.group_by("call").agg(pl.col("collective").n_unique())["collective"].to_list() == [1, 1]
 
 
 def test_the_exporter_asks_nsys_for_the_payloads(tmp_path):
