@@ -536,3 +536,16 @@ def test_comm_without_nccl_says_so_and_without_kernels_fails_naming_the_analysis
     bare = b.write(tmp_path / "no_kernels.sqlite")
     (failure,) = nsysan.comm(bare).failures
     assert failure.reason.endswith("(needed for communication analysis)")
+
+
+def test_one_process_driving_two_gpus_has_a_row_per_gpu_in_device_order(tmp_path):
+    """Single-process NCCL over two GPUs (one rank): its rows per device, device 0 first, each its own calls."""
+    b = ExportBuilder()
+    b.range("step_1", 0, 5000, pid=5)
+    for device, starts in ((1, (100, 2000, 3000)), (0, (110, 2010))):
+        for start in starts:
+            b.op(b.call(101, start - 5, start - 1, pid=5), start, start + 50, name=ALLREDUCE, pid=5, device=device,
+                 stream=20 + device)
+    frame = nsysan.comm(b.write(tmp_path / "one_process.sqlite")).frame
+    assert frame.select("rank", "device_id", "collective", "calls").rows() == [
+        (0, 0, "all", 2), (0, 0, "AllReduce", 2), (0, 1, "all", 3), (0, 1, "AllReduce", 3)]
