@@ -612,3 +612,18 @@ def test_a_capture_without_cuda_trace_keeps_the_gpu_columns_typed(tmp_path):
     trace = trace_of(b, tmp_path)
     assert trace.schema["gpu_proj_start_ns"] == trace.schema["gpu_proj_ns"] == pl.Int64
     assert trace["gpu_proj_ns"].to_list() == [None] and trace["gpu_ops"].to_list() == [0]
+
+
+def test_warm_up_that_no_cuda_trace_ties_to_gpu_work_is_said_once_and_nothing_is_left_out(tmp_path):
+    b = ExportBuilder()
+    b.range("warmup_0", 0, 100)
+    b.range("step_1", 200, 300)
+    b.op(1, 10, 20, name="gemm")  # no CUDA API trace: no call to tie it to either range
+    b.op(2, 210, 220, name="gemm")
+    path = b.write(tmp_path / "untied.sqlite")
+    result = nsysan.kernels(path)
+    assert result.frame["instances"].to_list() == [2]
+    said = (f"{path}: GPU work launched inside warmup_* cannot be left out: no CUDA API trace "
+            "(CUPTI_ACTIVITY_KIND_RUNTIME) ties GPU work to NVTX ranges (--all-instances keeps everything without "
+            "this warning)")
+    assert result.notes.count(said) == 1, result.notes

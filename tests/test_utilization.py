@@ -283,6 +283,30 @@ def test_top_kernels_keeps_ten_by_default_and_cuts_ties_by_name():
     assert top_kernels(parts, by=["model"], top=0).height == 12
 
 
+def test_top_kernels_counts_the_top_within_each_group():
+    parts = _parts([("a", 100, [("a1", 1, 90), ("a2", 1, 80)]), ("b", 100, [("b1", 1, 70), ("b2", 1, 60)])])
+    assert top_kernels(parts, by=["model"], top=1).select("model", "name").rows() == [("a", "a1"), ("b", "b1")]
+
+
+def test_a_windows_kernels_of_equal_time_are_listed_by_name(tmp_path):
+    b = ExportBuilder()
+    b.range("forward", 0, 1000)
+    for i, name in enumerate(("zeta", "alpha", "mid")):
+        b.launch(MAIN_TID, 10 + 10 * i, 15 + 10 * i, 100 + 200 * i, 150 + 200 * i, name=name)
+    with nsysan.open(b.write(tmp_path / "ties.sqlite")) as report:
+        parts = gpu_utilization(report, window="forward")
+    assert [k["name"] for k in parts["kernel_times"].item()] == ["alpha", "mid", "zeta"]
+
+
+def test_a_range_window_of_an_export_without_nvtx_names_the_window(tmp_path):
+    b = ExportBuilder()
+    b.launch(MAIN_TID, 10, 20, 30, 40)
+    path = b.write(tmp_path / "no_nvtx.sqlite")
+    (failure,) = nsysan.utilization(path, window="forward").failures
+    assert failure.reason.endswith("(needed for the 'forward' window)"), failure.reason
+    assert nsysan.utilization(path).ok  # the capture window needs no ranges
+
+
 def test_top_kernels_of_a_window_without_kernels_is_an_empty_frame_with_its_columns():
     top = top_kernels(_parts([("a", 0, [])]), by=["model"])
     assert top.is_empty()

@@ -219,8 +219,7 @@ def _kernel_times(parts: pl.DataFrame, group: list[str]) -> pl.DataFrame:
                                     "time_ns": pl.Int64, "_rank": pl.Int64})
     totals = exploded.group_by([*group, "name"]).agg(pl.col("instances").sum(), pl.col("time_ns").sum())
     totals = totals.sort([*group, "time_ns", "name"], descending=[False] * len(group) + [True, False], nulls_last=True)
-    rank = pl.int_range(pl.len())
-    return totals.with_columns(_rank=(rank.over(group) if group else rank).cast(pl.Int64))
+    return totals.with_columns(_rank=pl.int_range(pl.len()).over(group).cast(pl.Int64))  # group holds the GPU
 
 
 def top_kernels(parts: pl.DataFrame, *, by: Sequence[str] = ("report",), top: int = 10) -> pl.DataFrame:
