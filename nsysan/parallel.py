@@ -101,9 +101,12 @@ def _in_processes(work: Callable[[T], R], tasks: list[T], jobs: int) -> Iterator
     # DuckDB's threads in the workers share the cores: as many workers as cores, one thread each.
     threads = max(1, available_cores() // jobs)
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
-        with _main_hidden():  # the workers start at the first submit
-            pending = {pool.submit(work, task): i for i, task in enumerate(tasks)}
+        pending = {}
         try:
+            # A worker can die before the last task is sent, and then submit raises: inside the try too.
+            with _main_hidden():  # the workers start at the first submit
+                for i, task in enumerate(tasks):
+                    pending[pool.submit(work, task)] = i
             while pending:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for future in done:

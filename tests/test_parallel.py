@@ -123,7 +123,7 @@ def test_a_worker_that_dies_is_one_line(where, monkeypatch, corpus):
         from nsysan import parallel, engine
         parallel.configure(jobs=2)
         try:
-            list(parallel.run_each(os._exit, [1, 2, 3]))
+            list(parallel.run_each(os._exit, [1] * 2000))  # dies while tasks are still being sent
         except nsysan.NsysanError as e:
             print(e)
         """)], capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
