@@ -359,12 +359,12 @@ SIZES = {"AllReduce": 1000, "AllGather": 300}
 BUS = {"AllReduce": lambda n: 2 * (n - 1) / n, "AllGather": lambda n: (n - 1) / n}  # NCCL's PERFORMANCE.md
 
 
-def three_ranks(tmp_path: Path, *, steps: dict[str, tuple[int, int]] = STEPS) -> Path:
+def three_ranks(tmp_path: Path) -> Path:
     b = ExportBuilder()
     pid_of = {rank: pid for rank, pid in enumerate(sorted(THREE, key=THREE.get))}
     for rank, kernels_of_rank in NCCL_KERNELS.items():
         pid = pid_of[rank]
-        for name, (start, end) in steps.items():
+        for name, (start, end) in STEPS.items():
             b.range(name, start, end, pid=pid)
         for stream, name, start, end in [(7, "gemm_kernel", *COMPUTE), *kernels_of_rank]:
             cid = b.call(101, start - 5, start - 1, pid=pid)
@@ -372,12 +372,14 @@ def three_ranks(tmp_path: Path, *, steps: dict[str, tuple[int, int]] = STEPS) ->
     return b.write(tmp_path / "three_ranks.sqlite")
 
 
-def expected_calls(steps: dict[str, tuple[int, int]] = STEPS, warm: tuple[str, ...] = ()) -> list[dict]:
+def expected_calls(warm: tuple[str, ...] = ()) -> list[dict]:
     """The calls by the module's rule, in plain Python: lane = order of a rank's NCCL streams by first use,
-    k = position on it; ``call`` numbers (lane, k) in order."""
+    k = position on it; ``call`` numbers (lane, k) in order; calls in the ``warm`` steps are left out."""
+    def step_of(t: int) -> str | None:
+        return next((n for n, (s, e) in STEPS.items() if s <= t <= e), None)
+
     by_call: dict[tuple[int, int], dict[int, tuple]] = {}
     for rank, kernels_of_rank in NCCL_KERNELS.items():
-        step_of = lambda t: next((n for n, (s, e) in steps.items() if s <= t <= e), None)  # noqa: E731
         kept = [k for k in kernels_of_rank if step_of(k[2]) not in warm]
         lanes = list(dict.fromkeys(k[0] for k in sorted(kept, key=lambda k: k[2])))
         for lane, stream in enumerate(lanes):
