@@ -76,6 +76,7 @@ def test_capture_window_by_hand(tmp_path):
     # Busy = 229 + 200 - 50 = 379; idle = 621.
     assert (r["busy_ns"], r["idle_ns"]) == (379, 621)
     assert r["utilization_pct"] == pytest.approx(22.9)
+    assert (r["copy_busy_pct"], r["busy_pct"]) == pytest.approx((20.0, 37.9))
     assert r["idle_pct"] == pytest.approx(62.1)
     # Busy intervals [30,40) [100,400) [420,430) [436,440) [600,650) [700,705): gaps 60, 20, 6, 160, 50
     # (idle before 30 and after 705 is not a gap between ops).
