@@ -322,3 +322,17 @@ def test_a_capture_without_gpu_ops_says_what_to_capture(tmp_path):
     assert not result.ok and result.frame.is_empty()
     assert result.failures[0].reason.endswith("no CUDA kernels: profile with -t cuda (and check the program "
                                               "launched kernels) (needed for GPU utilization)")
+
+
+def test_shares_of_a_one_nanosecond_window_and_of_an_empty_one(tmp_path):
+    b = ExportBuilder()
+    b.range("step", 0, 1)
+    b.launch(MAIN_TID, 0, 1, 0, 1)  # everything in [0, 1): a window of exactly 1 ns, busy all of it
+    r = summary(b.write(tmp_path / "one_ns.sqlite"))
+    assert (r["window_ns"], r["utilization_pct"], r["busy_pct"], r["top_kernel_pct"]) == (1, 100.0, 100.0, 100.0)
+    assert r["copy_busy_pct"] == 0.0  # no copies: 0 %, not n/a
+    b = ExportBuilder()
+    b.range("step", 5, 5)
+    b.launch(MAIN_TID, 5, 5, 5, 5)  # a capture of one instant: no time to share
+    r = summary(b.write(tmp_path / "instant.sqlite"))
+    assert (r["window_ns"], r["utilization_pct"], r["idle_pct"], r["top_kernel_pct"]) == (0, None, None, None)
