@@ -404,13 +404,29 @@ def expected_calls(warm: tuple[str, ...] = ()) -> list[dict]:
     return rows
 
 
+def approx_rows(rows: list[dict]) -> list[dict]:
+    return [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+
+
+def per_rank_and_collective(calls: list[dict]):
+    """(rank, collective, that rank's calls of it) in the order the summaries list them: by rank, ``all`` first."""
+    for rank in (0, 1, 2):
+        for collective in ("all", "AllGather", "AllReduce"):
+            yield rank, collective, [c for c in calls if c["rank"] == rank and collective in ("all", c["collective"])]
+
+
+def pooled_bandwidth(calls: list[dict], bw: str) -> float:
+    """NCCL's bandwidth over several calls: their bytes over their summed transfer times, of the calls that have it."""
+    having = [c for c in calls if c[bw] is not None]
+    return sum(c["message_bytes"] for c in having) / sum(c["message_bytes"] / c[bw] for c in having)
+
+
 def test_calls_match_across_three_ranks_by_lane_and_position(tmp_path):
     path = three_ranks(tmp_path)
     frame = nsysan.collective_calls(path, message_bytes=SIZES).frame
     expected = expected_calls()
     assert [c["ranks"] for c in expected if c["rank"] == 0] == [3, 3, 1, 3, 3]  # the test's premise
-    got = frame.select(list(expected[0])).to_dicts()
-    assert got == [{k: pytest.approx(v) if isinstance(v, float) else v for k, v in row.items()} for row in expected]
+    assert frame.select(list(expected[0])).to_dicts() == approx_rows(expected)
 
 
 def test_warm_up_steps_of_a_chosen_selection_leave_their_calls_out(tmp_path):
@@ -418,14 +434,11 @@ def test_warm_up_steps_of_a_chosen_selection_leave_their_calls_out(tmp_path):
     select = Selection(exclude_within=("step_1",))
     frame = nsysan.collective_calls(path, message_bytes=SIZES, select=select).frame
     expected = expected_calls(warm=("step_1",))
-    assert frame.select(list(expected[0])).to_dicts() == [
-        {k: pytest.approx(v) if isinstance(v, float) else v for k, v in row.items()} for row in expected]
-    sized = [c for c in expected if c["rank"] == 0 and c["algbw_gbps"] is not None]
+    assert frame.select(list(expected[0])).to_dicts() == approx_rows(expected)
     comm = nsysan.comm(path, message_bytes=SIZES, select=select).frame
     row = comm.filter((pl.col("rank") == 0) & (pl.col("collective") == "all")).row(0, named=True)
     assert row["calls"] == sum(1 for c in expected if c["rank"] == 0)
-    assert row["algbw_gbps"] == pytest.approx(sum(c["message_bytes"] for c in sized)
-                                              / sum(c["message_bytes"] / c["algbw_gbps"] for c in sized))
+    assert row["algbw_gbps"] == pytest.approx(pooled_bandwidth([c for c in expected if c["rank"] == 0], "algbw_gbps"))
 
 
 def test_skew_of_three_ranks_per_rank_and_collective(tmp_path):
@@ -433,23 +446,19 @@ def test_skew_of_three_ranks_per_rank_and_collective(tmp_path):
     calls = expected_calls()
     frame = nsysan.skew(path, message_bytes=SIZES).frame
     order = []
-    for rank in (0, 1, 2):
-        for collective in ("all", "AllGather", "AllReduce"):
-            order.append((rank, collective))
-            mine = [c for c in calls if c["rank"] == rank and collective in ("all", c["collective"])]
-            sized = [c for c in mine if c["algbw_gbps"] is not None]
-            row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
-            late = [c["late_ns"] / 1e6 for c in mine]
-            assert row["calls"] == len(mine)
-            assert (row["arrival_late_ms_p50"], row["arrival_late_ms_p95"]) == pytest.approx(
-                (np.percentile(late, 50), np.percentile(late, 95)))
-            assert row["wait_ms_total"] == pytest.approx(sum(c["wait_ns"] for c in mine) / 1e6)
-            assert row["straggler_calls"] == sum(c["last"] for c in mine)
-            assert row["message_bytes"] == pytest.approx(np.mean([c["message_bytes"] for c in sized]))
-            for bw in ("algbw_gbps", "busbw_gbps"):
-                with_bw = [c for c in sized if c[bw] is not None]
-                want = sum(c["message_bytes"] for c in with_bw) / sum(c["message_bytes"] / c[bw] for c in with_bw)
-                assert row[bw] == pytest.approx(want), (rank, collective, bw)
+    for rank, collective, mine in per_rank_and_collective(calls):
+        order.append((rank, collective))
+        sized = [c for c in mine if c["algbw_gbps"] is not None]
+        row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
+        late = [c["late_ns"] / 1e6 for c in mine]
+        assert row["calls"] == len(mine)
+        assert (row["arrival_late_ms_p50"], row["arrival_late_ms_p95"]) == pytest.approx(
+            (np.percentile(late, 50), np.percentile(late, 95)))
+        assert row["wait_ms_total"] == pytest.approx(sum(c["wait_ns"] for c in mine) / 1e6)
+        assert row["straggler_calls"] == sum(c["last"] for c in mine)
+        assert row["message_bytes"] == pytest.approx(np.mean([c["message_bytes"] for c in sized]))
+        for bw in ("algbw_gbps", "busbw_gbps"):
+            assert row[bw] == pytest.approx(pooled_bandwidth(mine, bw)), (rank, collective, bw)
     assert frame.select("rank", "collective").rows() == order
 
 
@@ -465,8 +474,9 @@ def test_straggler_per_step_of_three_ranks(tmp_path):
         straggler = max(per_rank, key=lambda r: (sum(c["last"] for c in per_rank[r]),
                                                  sum(c["late_ns"] for c in per_rank[r])))
         assert row["calls"] == max(len(v) for v in per_rank.values())
-        assert (row["straggler_rank"], row["straggler_calls"]) == (straggler, sum(c["last"] for c in per_rank[straggler]))
-        assert row["straggler_late_ms_total"] == pytest.approx(sum(c["late_ns"] for c in per_rank[straggler]) / 1e6)
+        theirs = per_rank[straggler]
+        assert (row["straggler_rank"], row["straggler_calls"]) == (straggler, sum(c["last"] for c in theirs))
+        assert row["straggler_late_ms_total"] == pytest.approx(sum(c["late_ns"] for c in theirs) / 1e6)
         assert row["max_late_ms"] == pytest.approx(max(c["late_ns"] for c in mine) / 1e6)
 
 
@@ -475,20 +485,16 @@ def test_comm_of_three_ranks_with_exposed_share_and_bus_bandwidth(tmp_path):
     calls = expected_calls()
     frame = nsysan.comm(path, message_bytes=SIZES).frame
     order = []
-    for rank in (0, 1, 2):
-        for collective in ("all", "AllGather", "AllReduce"):
-            order.append((rank, collective))
-            mine = [c for c in calls if c["rank"] == rank and collective in ("all", c["collective"])]
-            spans = [(c["start_ns"], c["end_ns"]) for c in mine]
-            comm_ns, hidden = union(spans), overlap(spans, [COMPUTE])
-            row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
-            assert (row["calls"], row["comm_ms"], row["compute_ms"]) == (
-                len(mine), pytest.approx(comm_ns / 1e6), pytest.approx((COMPUTE[1] - COMPUTE[0]) / 1e6))
-            assert row["exposed_pct"] == pytest.approx(100 * (comm_ns - hidden) / comm_ns)
-            for bw in ("algbw_gbps", "busbw_gbps"):
-                with_bw = [c for c in mine if c[bw] is not None]
-                want = sum(c["message_bytes"] for c in with_bw) / sum(c["message_bytes"] / c[bw] for c in with_bw)
-                assert row[bw] == pytest.approx(want), (rank, collective, bw)
+    for rank, collective, mine in per_rank_and_collective(calls):
+        order.append((rank, collective))
+        spans = [(c["start_ns"], c["end_ns"]) for c in mine]
+        comm_ns, hidden = union(spans), overlap(spans, [COMPUTE])
+        row = frame.filter((pl.col("rank") == rank) & (pl.col("collective") == collective)).row(0, named=True)
+        assert (row["calls"], row["comm_ms"], row["compute_ms"]) == (
+            len(mine), pytest.approx(comm_ns / 1e6), pytest.approx((COMPUTE[1] - COMPUTE[0]) / 1e6))
+        assert row["exposed_pct"] == pytest.approx(100 * (comm_ns - hidden) / comm_ns)
+        for bw in ("algbw_gbps", "busbw_gbps"):
+            assert row[bw] == pytest.approx(pooled_bandwidth(mine, bw)), (rank, collective, bw)
     assert frame.select("rank", "collective").rows() == order
 
 
