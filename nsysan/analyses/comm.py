@@ -243,13 +243,17 @@ def skew_summary(calls: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.
         (pl.col("wait_ns").sum() / NS_PER_MS).alias("wait_ms_total"),
         pl.col("last").sum().cast(pl.Int64).alias("straggler_calls"),
         pl.col("message_bytes").filter(sized).mean().alias("message_bytes"),
-        # Each bandwidth over the calls that have it: a call of one rank has an algbw but no busbw.
-        *[pl.when(pl.col(bw).is_not_null().any()).then(
-            pl.col("message_bytes").filter(pl.col(bw).is_not_null()).sum()
-            / (pl.col("message_bytes") / pl.col(bw)).filter(pl.col(bw).is_not_null()).sum()).alias(bw)
-          for bw in ("algbw_gbps", "busbw_gbps")],
+        _pooled_bandwidth("algbw_gbps"), _pooled_bandwidth("busbw_gbps"),
     )
     return out.sort([*keys[:-1], pl.col("collective") != ALL, "collective"], nulls_last=True)
+
+
+def _pooled_bandwidth(bw: str) -> pl.Expr:
+    """A bandwidth over several calls, of the calls that have it (a call of one rank has an algbw but no busbw):
+    their bytes over their summed transfer times."""
+    having = pl.col(bw).is_not_null()
+    return pl.when(having.any()).then(pl.col("message_bytes").filter(having).sum()
+                                      / (pl.col("message_bytes") / pl.col(bw)).filter(having).sum()).alias(bw)
 
 
 def skew_steps(calls: pl.DataFrame, *, by: Sequence[str] = ("report",)) -> pl.DataFrame:
