@@ -6,7 +6,8 @@ so that it can be property-tested on its own (tests/test_intervals.py).
 
 * :func:`merge`, :func:`union_length`, :func:`length`, :func:`intersect`, :func:`covers`: unions of intervals;
 * :func:`clipped_lengths`, :func:`overlaps`, :func:`gaps`: intervals seen through a window (a span set);
-* :func:`union_piece`: the same union as a polars expression, for unions per group inside a query;
+* :func:`union_piece`: the same union as a polars expression, for unions per group inside a query, and
+  :func:`union_pieces` for groups of sorted rows;
 * :func:`nest`: how ranges on one thread contain each other.
 """
 from __future__ import annotations
@@ -130,6 +131,35 @@ def union_piece(start: str, end: str, over: Sequence[str] = ()) -> pl.Expr:
     return (pl.col(end) - pl.max_horizontal(pl.col(start), reach.fill_null(pl.col(start)))).clip(lower_bound=0)
 
 
+def union_pieces(groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """:func:`union_piece` per group as an array, for rows sorted by group, then start (each group's rows
+    together): per row, the time its interval adds to the union of the earlier rows of its group.
+
+    A scan over the rows, where ``union_piece(..., over=...)`` is a window over the groups (at a million
+    ranges, ~140 bytes a row and seconds for its table of groups). The reach of the earlier rows is a running
+    maximum that must start afresh in each group: it runs over the key (group number, rank of the end), which
+    no row of an earlier group can exceed (exact below 3e9 rows, where the key would leave int64)."""
+    groups, (starts, ends) = np.asarray(groups), _arrays(starts, ends)
+    n = starts.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(groups[1:], groups[:-1], out=first[1:])
+    by_end = np.argsort(ends, kind="stable")
+    sorted_ends = ends[by_end]
+    key = np.empty(n, dtype=np.int64)
+    key[by_end] = np.arange(n)
+    del by_end
+    key += (np.cumsum(first) - 1) * n
+    np.maximum.accumulate(key, out=key)
+    np.remainder(key, n, out=key)
+    reach = np.empty(n, dtype=np.int64)  # of the rows before, in the same group
+    reach[1:] = sorted_ends[key[:-1]]
+    reach[first] = starts[first]
+    return np.maximum(ends - np.maximum(starts, reach), 0)
+
+
 @dataclass(frozen=True)
 class Nesting:
     """How ranges nest, aligned with the input order.
@@ -144,35 +174,48 @@ class Nesting:
     crossing: np.ndarray
 
 
+#: Ranges handled at a time by :func:`nest`: Python lists of every range's bounds cost ~150 bytes a range.
+NEST_SLICE = 1 << 16
+
+
 def nest(threads: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Nesting:
     """Find each range's enclosing range on its own thread with one sort and one stack sweep.
 
     A range contains another when it starts no later and ends no earlier. Among ranges with identical
     bounds, the earlier one in the input contains the later one, so every range has one parent.
     """
+    threads, (starts, ends) = np.asarray(threads), _arrays(starts, ends)
     n = len(starts)
     parent = np.full(n, -1, dtype=np.int64)
     level = np.zeros(n, dtype=np.int64)
     crossing = np.zeros(n, dtype=bool)
-    order = np.lexsort((np.arange(n), -np.asarray(ends, dtype=np.int64), starts, threads))
-    t_list, s_list, e_list = threads.tolist(), starts.tolist(), ends.tolist()
-    stack: list[int] = []
+    order = np.lexsort((np.arange(n), -ends, starts, threads))
+    stack: list[tuple[int, int, int]] = []  # the ranges still open, innermost last: (index, end, level)
+    crossed: list[int] = []
     current_thread = None
-    for i in order.tolist():
-        if t_list[i] != current_thread:
-            stack.clear()
-            current_thread = t_list[i]
-        start, end = s_list[i], e_list[i]
-        # Ranges that ended before this one starts can contain neither it nor any later range.
-        while stack and e_list[stack[-1]] < start:
-            stack.pop()
-        for j in reversed(stack):
-            if e_list[j] >= end:
-                parent[i] = j
-                level[i] = level[j] + 1
-                break
-        for j in stack:
-            if start <= e_list[j] < end:
-                crossing[i] = crossing[j] = True
-        stack.append(i)
+    for first in range(0, n, NEST_SLICE):
+        chunk = order[first:first + NEST_SLICE]
+        parents, levels = [], []
+        for i, thread, start, end in zip(chunk.tolist(), threads[chunk].tolist(), starts[chunk].tolist(),
+                                         ends[chunk].tolist()):
+            if thread != current_thread:
+                stack.clear()
+                current_thread = thread
+            # Ranges that ended before this one starts can contain neither it nor any later range.
+            while stack and stack[-1][1] < start:
+                stack.pop()
+            found, depth = -1, 0
+            for j, open_end, open_level in reversed(stack):
+                if open_end >= end:
+                    found, depth = j, open_level + 1
+                    break
+            for j, open_end, _ in stack:
+                if start <= open_end < end:
+                    crossed += (i, j)
+            parents.append(found)
+            levels.append(depth)
+            stack.append((i, end, depth))
+        parent[chunk] = parents
+        level[chunk] = levels
+    crossing[crossed] = True
     return Nesting(parent=parent, level=level, crossing=crossing)

@@ -86,8 +86,8 @@ def test_derived_tables_are_computed_once_per_report_per_call(monkeypatch):
     result = nsysan.compare(SAMPLES[3:5], by=["variant"])
     assert result.ok
     assert queries.count(query("launches")) == 2 and len(climbs) == 2  # two reports, once each
-    assert queries.count("SELECT range_id, global_tid, start_ns, end_ns FROM nvtx_ranges WHERE same_thread "
-                         "ORDER BY range_id") == 2  # the nesting, likewise
+    # The NVTX ranges, likewise: one read per report serves the nesting, the trace and the stages.
+    assert len([text for text in queries if "range_id" in text and "FROM nvtx_ranges" in text]) == 2
 
 
 def test_results_are_tidy_frames():

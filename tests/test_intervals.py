@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from nsysan import intervals
 from nsysan.intervals import (clipped_lengths, covers, empty, gaps, intersect, length, merge, nest, overlaps, union_length,
-                              union_piece)
+                              union_piece, union_pieces)
 
 GRID = 40  # brute-force union: count the integer instants covered on [0, GRID)
 # No per-example deadline: the brute-force oracles are quadratic and CI machines can be busy.
@@ -151,6 +152,22 @@ def test_union_piece_sums_to_the_union_per_group(rows):
     assert dict(got.rows()) == expected
     whole = frame.sort("s", "e").with_columns(piece=union_piece("s", "e"))["piece"].sum() if frame.height else 0
     assert whole == union_length(frame["s"].to_list(), frame["e"].to_list())
+
+
+@quick
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, GRID), st.integers(0, GRID)), max_size=15))
+def test_union_pieces_are_union_piece_per_group_row_by_row(rows):
+    frame = (pl.DataFrame([(g, min(s, e), max(s, e)) for g, s, e in rows], orient="row",
+                          schema={"g": pl.Int64, "s": pl.Int64, "e": pl.Int64}).sort("g", "s", "e"))
+    expected = frame.with_columns(piece=union_piece("s", "e", over=["g"]))["piece"].to_list()
+    assert union_pieces(frame["g"].to_numpy(), frame["s"].to_numpy(), frame["e"].to_numpy()).tolist() == expected
+
+
+def test_union_pieces_restart_in_each_group():
+    # Group 1 reaches far beyond group 2's intervals, which must still count whole; equal ends tie.
+    pieces = union_pieces(np.array([1, 1, 2, 2, 2]), np.array([0, 5, 10, 12, 20]), np.array([100, 100, 15, 15, 30]))
+    assert pieces.tolist() == [100, 0, 5, 0, 10]
+    assert union_pieces(np.array([], dtype=np.int64), np.array([]), np.array([])).tolist() == []
 
 
 @quick
@@ -376,3 +393,23 @@ def test_climbing_in_slices_of_launches_finds_the_same_pairs(name, monkeypatch):
                 .select("range_id", pl.col("launch").cast(pl.UInt32)).sort("range_id", "launch"))
     assert calls.height > 7 * 10 and whole.height > calls.height
     assert sliced.rows() == whole.rows() == expected.rows()
+
+
+@quick
+@given(st.lists(st.tuples(st.integers(0, 2), st.integers(0, GRID), st.integers(0, GRID)), max_size=25),
+       st.integers(1, 4))
+def test_nest_is_the_same_in_slices(rows, size):
+    """:func:`nest` sweeps the sorted ranges a slice at a time; crossing ranges and thread changes at the
+    slices' edges give the result of one sweep."""
+    threads = [t for t, _, _ in rows]
+    starts = [min(s, e) for _, s, e in rows]
+    ends = [max(s, e) for _, s, e in rows]
+    whole = _nest(threads, starts, ends)
+    original = intervals.NEST_SLICE
+    try:
+        intervals.NEST_SLICE = size
+        sliced = _nest(threads, starts, ends)
+    finally:
+        intervals.NEST_SLICE = original
+    for name in ("parent", "level", "crossing"):
+        assert getattr(sliced, name).tolist() == getattr(whole, name).tolist()

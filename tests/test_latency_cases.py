@@ -251,6 +251,20 @@ def test_identical_and_back_to_back_ranges(tmp_path):
     assert facts(trace, "b") == (0, None, 100, 1, 1020, 30, 30)
 
 
+def test_identical_bounds_nest_by_range_id_whatever_order_duckdb_returns_rows_in(tmp_path, monkeypatch):
+    # DuckDB returns a large table's rows in no set order (its scan is parallel): the earlier range must
+    # still contain the later one.
+    b = ExportBuilder()
+    b.range("a", 0, 100)
+    b.range("a_again", 0, 100)
+    b.launch(MAIN_TID, 50, 60, 1000, 1010)
+    frame = nsysan.load.Report.frame
+    monkeypatch.setattr(nsysan.load.Report, "frame", lambda self, text, params=None: frame(self, text, params)[::-1])
+    trace = trace_of(b, tmp_path)
+    assert facts(trace, "a") == (0, None, 100, 1, 1000, 10, 10)
+    assert facts(trace, "a_again") == (1, "a", 100, 1, 1000, 10, 10)
+
+
 def test_child_starting_at_the_same_instant_as_its_parent(tmp_path):
     b = ExportBuilder()
     b.range("parent", 0, 100)

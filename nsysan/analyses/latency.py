@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from nsysan.attribution import gather, launch_pairs, launches, range_nesting
+from nsysan.attribution import gather, launch_pairs, launches, nvtx_ranges, range_nesting
 from nsysan.errors import MissingDataError, NsysanWarning
-from nsysan.intervals import union_piece
+from nsysan.intervals import union_pieces
 from nsysan.lazy import numpy as np
 from nsysan.load import Report, derived
 from nsysan.schema import CAPTURE_HINTS
@@ -55,8 +55,7 @@ def range_trace(report: Report, attribution: str = "thread") -> pl.DataFrame:
     Times are integer nanoseconds on the capture's clock.
     """
     report.require("NVTX_EVENTS", purpose="stage latency")
-    ranges = report.frame("SELECT range_id, name, style, start_ns, end_ns, same_thread, global_tid, pid, tid "
-                          "FROM nvtx_ranges ORDER BY range_id")
+    ranges = nvtx_ranges(report)
     if ranges.is_empty():
         raise MissingDataError(f"{report.path}: {CAPTURE_HINTS['NVTX_EVENTS']} (the NVTX table holds no ranges;"
                                " needed for stage latency)")
@@ -86,9 +85,10 @@ def _has_gpu_trace(report: Report) -> bool:
 def _project(report: Report, attribution: str) -> pl.DataFrame:
     """Projection of each range that launched GPU work: first op start, last op end - first op start,
     union of op intervals (busy), and distinct launches."""
-    pairs = gather(launches(report), launch_pairs(report, rule=attribution), "correlation_id", "op_start", "op_end")
-    return (pairs.sort("range_id", "op_start", "op_end")
-            .with_columns(_piece=union_piece("op_start", "op_end", over=["range_id"]))
+    pairs = (gather(launches(report), launch_pairs(report, rule=attribution), "correlation_id", "op_start", "op_end")
+             .sort("range_id", "op_start", "op_end"))
+    pieces = union_pieces(*(pairs[c].to_numpy() for c in ("range_id", "op_start", "op_end")))
+    return (pairs.with_columns(_piece=pl.Series(pieces, dtype=pl.Int64))
             .group_by("range_id")
             .agg(gpu_proj_start_ns=pl.col("op_start").min(),
                  gpu_proj_ns=pl.col("op_end").max() - pl.col("op_start").min(),
