@@ -151,7 +151,7 @@ def union_pieces(groups: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np
     key = np.empty(n, dtype=np.int64)
     key[by_end] = np.arange(n)
     del by_end
-    key += (np.cumsum(first) - 1) * n
+    key += (np.cumsum(first, dtype=np.int64) - 1) * n
     np.maximum.accumulate(key, out=key)
     np.remainder(key, n, out=key)
     reach = np.empty(n, dtype=np.int64)  # of the rows before, in the same group
@@ -199,22 +199,26 @@ def nest(threads: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Nesting:
         for i, thread, start, end in zip(chunk.tolist(), threads[chunk].tolist(), starts[chunk].tolist(),
                                          ends[chunk].tolist()):
             if thread != current_thread:
-                stack.clear()
+                stack = []
                 current_thread = thread
-            # Ranges that ended before this one starts can contain neither it nor any later range.
-            while stack and stack[-1][1] < start:
-                stack.pop()
             found, depth = -1, 0
-            for j, open_end, open_level in reversed(stack):
+            still_open = []
+            for entry in stack:
+                j, open_end, open_level = entry
+                # Ended before this range starts: it can neither contain nor cross this or any later range.
+                # Dropped wherever it sits (ranges that touch end to start sit under their successor), so the
+                # stack stays as deep as the nesting and the sweep linear.
+                if open_end < start:
+                    continue
                 if open_end >= end:
-                    found, depth = j, open_level + 1
-                    break
-            for j, open_end, _ in stack:
-                if start <= open_end < end:
+                    found, depth = j, open_level + 1  # the last one that contains it is the innermost
+                else:
                     crossed += (i, j)
+                still_open.append(entry)
+            still_open.append((i, end, depth))
+            stack = still_open
             parents.append(found)
             levels.append(depth)
-            stack.append((i, end, depth))
         parent[chunk] = parents
         level[chunk] = levels
     crossing[crossed] = True

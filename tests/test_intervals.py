@@ -211,6 +211,16 @@ def test_nest_crossing_ranges():
     assert n.parent[3] == 2 and n.level[3] == 2
 
 
+def test_nest_back_to_back_ranges():
+    # 0 [0,100] holds children 1..4 that touch end to start; 5 [100,100] sits at the instant 0 and 4 share.
+    # Touching ranges cross (a zero-length call at the shared instant lies inside both); each child's parent is
+    # 0, never an earlier sibling; 6 on another thread is on its own.
+    n = _nest([1, 1, 1, 1, 1, 1, 2], [0, 0, 25, 50, 75, 100, 25], [100, 25, 50, 75, 100, 100, 50])
+    assert n.parent.tolist() == [-1, 0, 0, 0, 0, 4, -1]
+    assert n.level.tolist() == [0, 1, 1, 1, 1, 2, 0]
+    assert n.crossing.tolist() == [False, True, True, True, True, False, False]
+
+
 @st.composite
 def nested_ranges(draw):
     """Properly nested ranges (push/pop style) on up to three threads, shuffled. Times never decrease
