@@ -166,7 +166,8 @@ class Nesting:
 
     ``parent[i]`` is the index of the tightest range on the same thread that contains range i (-1 when
     none), ``level[i]`` its depth (0 for outermost), and ``crossing[i]`` is True when range i partially
-    overlaps another range of its thread (possible for start/end ranges only; push/pop ranges always nest).
+    overlaps another range of its thread (start/end ranges) or touches one end to start (a zero-length call at
+    that instant lies inside both, and neither contains the other).
     """
 
     parent: np.ndarray
@@ -207,7 +208,7 @@ def nest(threads: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> Nesting:
                 j, open_end, open_level = entry
                 # Ended before this range starts: it can neither contain nor cross this or any later range.
                 # Dropped wherever it sits (ranges that touch end to start sit under their successor), so the
-                # stack stays as deep as the nesting and the sweep linear.
+                # stack holds only ranges open at this instant and the sweep stays linear.
                 if open_end < start:
                     continue
                 if open_end >= end:
